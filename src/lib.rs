@@ -3,4 +3,6 @@
 //! See `ARCHITECTURE.md` for the map of this crate.
 
 pub mod apns;
+pub mod config;
+pub mod mock;
 pub mod secret;

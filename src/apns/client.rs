@@ -1,0 +1,392 @@
+//! The multi-app APNs client: one [`AppClient`] per credentials profile, each with its
+//! own pools (one per key, or one for its certificate), and the send loop.
+//!
+//! Order of the limits inside [`AppClient::send`], outermost first:
+//! 1. the send deadline (`send_timeout`): no attempt starts after it, so a notification
+//!    takes at most `send_timeout + request_timeout`;
+//! 2. resends (`max_resends`): only for requests APNs certainly did not process
+//!    (refused stream, above a GOAWAY's last-stream-id, no stream obtained), plus one
+//!    resend after refreshing an expired provider token;
+//! 3. waiting for a stream slot (back-pressure), until the send deadline;
+//! 4. the request timeout (`request_timeout`) of one attempt on one stream.
+//!
+//! A request that was sent and got no answer is never resent here: it is `Unknown`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use tokio::time::Instant;
+
+use super::classify::{self, Context, Outcome, RetryCause};
+use super::connection::{AttemptError, ConnectOptions};
+use super::endpoint::Endpoint;
+use super::jwt::{AfterExpired, Clock, JwtError, ProviderToken, SignerRegistry, TokenSigner};
+use super::notification::Notification;
+use super::pool::{Pool, PoolOptions};
+use super::response::ApnsResponse;
+use super::tls::{self, TlsError};
+use crate::config::{ApnsSettings, AppConfig, AuthSpec, ConfigError, topic_matches};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("apps.{app}: {source}")]
+    Tls { app: String, source: TlsError },
+    #[error("apps.{app}: {source}")]
+    Jwt { app: String, source: JwtError },
+    #[error("apps.{app}: key {key_id}: {source}")]
+    Key {
+        app: String,
+        key_id: String,
+        source: crate::secret::SecretError,
+    },
+}
+
+/// Why a notification got no answer from APNs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendError {
+    #[error("no app named {0:?}")]
+    UnknownApp(String),
+    #[error("app {app} has no key for topic {topic:?}")]
+    NoKeyForTopic { app: String, topic: String },
+    /// APNs did not get it; safe to send again.
+    #[error("not sent: {0}")]
+    NotSent(String),
+    /// Sent, no answer: may have been delivered.
+    #[error("unknown: {0}")]
+    Unknown(String),
+    /// Signing a provider token failed (the key is unusable).
+    #[error("provider token: {0}")]
+    Token(String),
+}
+
+impl SendError {
+    /// The outcome a failed send stands for.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            SendError::NotSent(m) => Outcome::RetryLater(RetryCause::NotSent(m.clone())),
+            SendError::Unknown(m) => Outcome::RetryLater(RetryCause::Unknown(m.clone())),
+            SendError::Token(_) => Outcome::CredentialsBroken {
+                status: 0,
+                reason: None,
+            },
+            SendError::UnknownApp(_) | SendError::NoKeyForTopic { .. } => Outcome::Rejected {
+                status: 0,
+                reason: None,
+            },
+        }
+    }
+}
+
+/// An answer and what it means.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub response: ApnsResponse,
+    pub outcome: Outcome,
+    pub connection: u64,
+    /// Resends this notification needed (refused streams, GOAWAY, token refresh).
+    pub resends: u32,
+}
+
+/// Timeouts and bounds of the send loop.
+#[derive(Clone, Copy, Debug)]
+pub struct SendOptions {
+    pub request_timeout: Duration,
+    pub send_timeout: Duration,
+    pub max_resends: u32,
+}
+
+impl From<&ApnsSettings> for SendOptions {
+    fn from(s: &ApnsSettings) -> Self {
+        SendOptions {
+            request_timeout: s.request_timeout(),
+            send_timeout: s.send_timeout(),
+            max_resends: s.max_resends,
+        }
+    }
+}
+
+/// A key of a token-auth app, with the topics it may sign for.
+struct KeyRoute {
+    /// Empty: team-scoped (any topic of the team).
+    topics: Vec<String>,
+    signer: Arc<TokenSigner>,
+    pool: Arc<Pool>,
+}
+
+enum Auth {
+    Token(Vec<KeyRoute>),
+    Certificate(Arc<Pool>),
+}
+
+/// The client of one credentials profile.
+pub struct AppClient {
+    name: String,
+    endpoint: Endpoint,
+    authority: Authority,
+    auth: Auth,
+    opts: SendOptions,
+}
+
+impl std::fmt::Debug for AppClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppClient")
+            .field("name", &self.name)
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppClient {
+    /// Load credentials, build TLS, start the pools (connections open in the background).
+    pub fn start(
+        name: &str,
+        app: &AppConfig,
+        settings: &ApnsSettings,
+        signers: &SignerRegistry,
+        clock: Arc<dyn Clock>,
+    ) -> Result<AppClient, ClientError> {
+        let auth_spec = app.auth(name)?;
+        let tls_err = |source| ClientError::Tls {
+            app: name.into(),
+            source,
+        };
+        let pool_opts = |tls| PoolOptions {
+            connect: ConnectOptions {
+                endpoint: app.endpoint.clone(),
+                tls,
+                connect_timeout: Duration::from_millis(settings.connect_timeout_ms),
+                ping_interval: Duration::from_secs(settings.ping_interval_secs),
+                ping_timeout: Duration::from_secs(settings.ping_timeout_secs),
+                max_streams: app.max_streams_per_connection,
+            },
+            connections: app.connections,
+            backoff_min: Duration::from_millis(settings.reconnect_min_ms),
+            backoff_max: Duration::from_millis(settings.reconnect_max_ms),
+            drain_timeout: settings.request_timeout() + Duration::from_secs(1),
+        };
+        let auth = match auth_spec {
+            AuthSpec::Token { team_id, keys } => {
+                let tls = tls::client_config(app.ca_file.as_deref(), None).map_err(tls_err)?;
+                let policy = settings.token_policy()?;
+                let mut routes = Vec::new();
+                for k in keys {
+                    let pem = k.key.load().map_err(|source| ClientError::Key {
+                        app: name.into(),
+                        key_id: k.key_id.clone(),
+                        source,
+                    })?;
+                    let signer = signers
+                        .get_or_create(&team_id, &k.key_id, &pem, policy, clock.clone())
+                        .map_err(|source| ClientError::Jwt {
+                            app: name.into(),
+                            source,
+                        })?;
+                    let pool = Pool::start(format!("{name}/{}", k.key_id), pool_opts(tls.clone()));
+                    routes.push(KeyRoute {
+                        topics: k.topics,
+                        signer,
+                        pool,
+                    });
+                }
+                Auth::Token(routes)
+            }
+            AuthSpec::Certificate(identity) => {
+                let id = identity.load().map_err(tls_err)?;
+                let tls = tls::client_config(app.ca_file.as_deref(), Some(id)).map_err(tls_err)?;
+                Auth::Certificate(Pool::start(format!("{name}/certificate"), pool_opts(tls)))
+            }
+        };
+        let authority =
+            app.endpoint.authority().parse().map_err(|_| {
+                ConfigError::Invalid(format!("apps.{name}.endpoint: not a host:port"))
+            })?;
+        Ok(AppClient {
+            name: name.into(),
+            endpoint: app.endpoint.clone(),
+            authority,
+            auth,
+            opts: SendOptions::from(settings),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.endpoint
+    }
+
+    /// The pools of this app (one per key, or one for the certificate).
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        match &self.auth {
+            Auth::Token(routes) => routes.iter().map(|r| r.pool.clone()).collect(),
+            Auth::Certificate(p) => vec![p.clone()],
+        }
+    }
+
+    /// Ages in seconds of this app's provider tokens, by key id.
+    pub fn token_ages(&self) -> Vec<(String, u64)> {
+        match &self.auth {
+            Auth::Token(routes) => routes
+                .iter()
+                .map(|r| (r.signer.key_id().to_string(), r.signer.age()))
+                .collect(),
+            Auth::Certificate(_) => Vec::new(),
+        }
+    }
+
+    /// The key and pool for a topic: a topic-specific key first, then the team-scoped key.
+    fn route(&self, topic: &str) -> Option<(Option<&Arc<TokenSigner>>, &Arc<Pool>)> {
+        match &self.auth {
+            Auth::Certificate(p) => Some((None, p)),
+            Auth::Token(routes) => routes
+                .iter()
+                .find(|r| r.topics.iter().any(|t| topic_matches(t, topic)))
+                .or_else(|| routes.iter().find(|r| r.topics.is_empty()))
+                .map(|r| (Some(&r.signer), &r.pool)),
+        }
+    }
+
+    /// Can this app send to `topic` at all?
+    pub fn can_send(&self, topic: &str) -> bool {
+        self.route(topic).is_some()
+    }
+
+    /// Send one notification: see the module docs for the order of limits.
+    pub async fn send(&self, n: &Notification) -> Result<Delivery, SendError> {
+        let (signer, pool) = self
+            .route(n.topic())
+            .ok_or_else(|| SendError::NoKeyForTopic {
+                app: self.name.clone(),
+                topic: n.topic().to_string(),
+            })?;
+        let deadline = Instant::now() + self.opts.send_timeout;
+        let mut token: Option<Arc<ProviderToken>> = match signer {
+            Some(s) => Some(s.current().map_err(|e| SendError::Token(e.to_string()))?),
+            None => None,
+        };
+        let mut refreshed = false;
+        let mut resends = 0u32;
+        loop {
+            let (conn, permit) = pool
+                .acquire(deadline)
+                .await
+                .map_err(|e| SendError::NotSent(e.to_string()))?;
+            let req = n.request(&self.authority, token.as_ref().map(|t| t.authorization()));
+            // An attempt, once started, gets its whole request timeout: cutting it short
+            // because the wait for a stream was long would only turn answers into Unknowns.
+            match conn
+                .send(req, n.payload().clone(), self.opts.request_timeout, permit)
+                .await
+            {
+                Ok(response) => {
+                    if classify::leave_connection(&response) {
+                        conn.drain("503 Shutdown");
+                    }
+                    let ctx = Context {
+                        can_refresh_token: signer.is_some() && !refreshed,
+                    };
+                    let outcome = classify::classify(&response, ctx);
+                    if outcome == Outcome::RefreshToken {
+                        let (s, used) = (
+                            signer.expect("token auth"),
+                            token.as_ref().expect("token auth"),
+                        );
+                        match s
+                            .after_expired(used)
+                            .map_err(|e| SendError::Token(e.to_string()))?
+                        {
+                            AfterExpired::Resend(t) => {
+                                token = Some(t);
+                                refreshed = true;
+                                resends += 1;
+                                continue;
+                            }
+                            AfterExpired::TooSoon => {
+                                tracing::error!(app = %self.name, key_id = s.key_id(), "APNs says the provider token expired although it is younger than 20 minutes: check the system clock");
+                                let outcome = classify::classify(&response, Context::default());
+                                return Ok(Delivery {
+                                    response,
+                                    outcome,
+                                    connection: conn.id(),
+                                    resends,
+                                });
+                            }
+                        }
+                    }
+                    return Ok(Delivery {
+                        response,
+                        outcome,
+                        connection: conn.id(),
+                        resends,
+                    });
+                }
+                Err(AttemptError::NotSent(why)) => {
+                    resends += 1;
+                    if resends > self.opts.max_resends || Instant::now() >= deadline {
+                        return Err(SendError::NotSent(format!(
+                            "{why} (after {resends} attempts)"
+                        )));
+                    }
+                    tracing::debug!(app = %self.name, connection = conn.id(), reason = %why, "resending on another stream");
+                }
+                Err(AttemptError::Unknown(why)) => return Err(SendError::Unknown(why)),
+            }
+        }
+    }
+
+    /// Close the pools: in-flight requests get `grace` to finish.
+    pub async fn close(&self, grace: Duration) {
+        for p in self.pools() {
+            p.close(grace).await;
+        }
+    }
+}
+
+/// Every app of the process, sharing one token per (team, key).
+pub struct ApnsClient {
+    apps: BTreeMap<String, Arc<AppClient>>,
+}
+
+impl ApnsClient {
+    pub fn start(
+        apps: &BTreeMap<String, AppConfig>,
+        settings: &ApnsSettings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<ApnsClient, ClientError> {
+        let signers = SignerRegistry::default();
+        let mut out = BTreeMap::new();
+        for (name, app) in apps {
+            let c = AppClient::start(name, app, settings, &signers, clock.clone())?;
+            out.insert(name.clone(), Arc::new(c));
+        }
+        Ok(ApnsClient { apps: out })
+    }
+
+    pub fn app(&self, name: &str) -> Option<&Arc<AppClient>> {
+        self.apps.get(name)
+    }
+
+    pub fn apps(&self) -> impl Iterator<Item = &Arc<AppClient>> {
+        self.apps.values()
+    }
+
+    pub async fn send(&self, app: &str, n: &Notification) -> Result<Delivery, SendError> {
+        let a = self
+            .apps
+            .get(app)
+            .ok_or_else(|| SendError::UnknownApp(app.to_string()))?;
+        a.send(n).await
+    }
+
+    pub async fn close(&self, grace: Duration) {
+        for a in self.apps.values() {
+            a.close(grace).await;
+        }
+    }
+}
