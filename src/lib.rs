@@ -3,6 +3,9 @@
 //! See `ARCHITECTURE.md` for the map of this crate.
 
 pub mod apns;
+pub mod check;
 pub mod config;
 pub mod mock;
 pub mod secret;
+pub mod signals;
+pub mod telemetry;

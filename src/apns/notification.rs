@@ -418,7 +418,12 @@ mod tests {
     #[test]
     fn refuses_what_apns_would_refuse() {
         use ValidationError as E;
-        let rows: Vec<(&str, Result<Notification, ValidationError>, fn(&E) -> bool)> = vec![
+        type Row = (
+            &'static str,
+            Result<Notification, ValidationError>,
+            fn(&E) -> bool,
+        );
+        let rows: Vec<Row> = vec![
             ("empty token", with(|p| p.device_token.clear()), |e| {
                 matches!(e, E::EmptyDeviceToken)
             }),

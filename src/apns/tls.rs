@@ -209,8 +209,7 @@ mod tests {
         assert_eq!(id.chain.len(), 1);
         assert!(client_config(None, Some(id)).is_ok());
 
-        let p12 =
-            crate::apns::tls::tests::pkcs12(&cert.der().to_vec(), &kp.serialize_der(), "secret");
+        let p12 = pkcs12(cert.der(), &kp.serialize_der(), "secret");
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("id.p12");
         std::fs::write(&path, p12).unwrap();

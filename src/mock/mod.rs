@@ -10,3 +10,110 @@ mod shim;
 
 pub use faults::{Action, Faults, RandomAnswer, TokenRule};
 pub use server::{MockApns, MockConfig, MockError, MockKey, MockStats, Received};
+
+use std::future::Future;
+use std::path::PathBuf;
+
+use crate::apns::endpoint::EndpointKind;
+
+/// Options of `apns-worker mock-apns`.
+#[derive(Clone, Debug)]
+pub struct StandaloneOptions {
+    pub listen: std::net::SocketAddr,
+    /// Where to write the CA certificate that clients must trust.
+    pub ca_out: PathBuf,
+    /// A fault script (TOML, the fields of [`Faults`]).
+    pub faults: Option<PathBuf>,
+    pub max_streams: u32,
+    pub environment: EndpointKind,
+    pub team_id: String,
+    pub key_id: String,
+    /// Write a new signing key here (`.p8`) and accept tokens signed with it.
+    pub key_out: Option<PathBuf>,
+    /// Or accept tokens signed by the private half of this public key (PEM).
+    pub public_key: Option<PathBuf>,
+    pub server_names: Vec<String>,
+    pub record: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StandaloneError {
+    #[error(transparent)]
+    Mock(#[from] MockError),
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("fault script {path}: {message}")]
+    Faults { path: PathBuf, message: String },
+    #[error(
+        "give --key-out (to generate a key) or --public-key (to accept an existing one), or both"
+    )]
+    NoKey,
+}
+
+/// Run the mock until `shutdown` resolves; returns its counters.
+pub async fn run_standalone(
+    opts: StandaloneOptions,
+    shutdown: impl Future<Output = ()>,
+) -> Result<MockStats, StandaloneError> {
+    let faults = match &opts.faults {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| StandaloneError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            toml::from_str::<Faults>(&text).map_err(|e| StandaloneError::Faults {
+                path: path.clone(),
+                message: e.to_string(),
+            })?
+        }
+        None => Faults::default(),
+    };
+    if opts.key_out.is_none() && opts.public_key.is_none() {
+        return Err(StandaloneError::NoKey);
+    }
+    let mock = MockApns::start(MockConfig {
+        bind: opts.listen,
+        max_streams: opts.max_streams,
+        environment: opts.environment,
+        faults,
+        record: opts.record,
+        server_names: opts.server_names.clone(),
+        ..MockConfig::default()
+    })
+    .await?;
+    mock.write_ca(&opts.ca_out)?;
+    if let Some(path) = &opts.public_key {
+        let public = std::fs::read_to_string(path).map_err(|source| StandaloneError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        mock.add_key(MockKey {
+            key_id: opts.key_id.clone(),
+            team_id: opts.team_id.clone(),
+            public_key_pem: public,
+            topics: Vec::new(),
+            environment: None,
+        })?;
+    }
+    if let Some(path) = &opts.key_out {
+        let private = mock.generate_key(&opts.team_id, &opts.key_id)?;
+        std::fs::write(path, private).map_err(|source| MockError::Write {
+            path: path.display().to_string(),
+            source,
+        })?;
+    }
+    tracing::info!(
+        addr = %mock.addr(),
+        ca = %opts.ca_out.display(),
+        team_id = %opts.team_id,
+        key_id = %opts.key_id,
+        "mock APNs ready"
+    );
+    shutdown.await;
+    let stats = mock.stats();
+    mock.stop();
+    Ok(stats)
+}

@@ -119,7 +119,7 @@ pub struct Received {
 }
 
 /// Counters since start.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MockStats {
     pub connections: u64,
     /// Requests answered with a status (including errors).
