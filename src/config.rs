@@ -39,10 +39,221 @@ fn invalid(msg: impl Into<String>) -> ConfigError {
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    pub broker: BrokerSettings,
+    pub queues: QueueSettings,
+    pub retry: RetrySettings,
+    pub worker: WorkerSettings,
+    pub circuit: CircuitSettings,
     pub apns: ApnsSettings,
     /// Credentials profiles by name. A job names one with `app`, or the app whose
     /// `topics` match the job's topic is used.
     pub apps: BTreeMap<String, AppConfig>,
+}
+
+/// The RabbitMQ connection.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    /// `amqp://user:pass@host:port/vhost` or `amqps://...` (TLS). Holds a password, so
+    /// it is a secret; `url_file` reads it from a mounted secret instead.
+    pub url: Secret<String>,
+    pub url_file: Option<PathBuf>,
+    /// Shown in the management UI; defaults to `apns-worker@<hostname>`.
+    pub connection_name: Option<String>,
+    /// AMQP heartbeat in seconds (0 turns it off, which we refuse).
+    pub heartbeat_secs: u16,
+    /// Unacknowledged deliveries at once (the in-flight window of this replica).
+    pub prefetch: u16,
+    /// Reconnect backoff (exponential with jitter) between these bounds.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            url_file: None,
+            connection_name: None,
+            heartbeat_secs: 30,
+            prefetch: 2000,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+        }
+    }
+}
+
+impl BrokerSettings {
+    /// The broker URL with the heartbeat applied, from `url_file` when set.
+    pub fn effective_url(&self) -> Result<Secret<String>, ConfigError> {
+        let base = match &self.url_file {
+            Some(f) => {
+                let raw = SecretSource::File(f.clone())
+                    .load()
+                    .map_err(|e| invalid(format!("broker.url_file: {e}")))?;
+                String::from_utf8(raw.expose().clone())
+                    .map_err(|_| invalid("broker.url_file: not UTF-8"))?
+                    .trim()
+                    .to_string()
+            }
+            None => self.url.expose().clone(),
+        };
+        if !(base.starts_with("amqp://") || base.starts_with("amqps://")) {
+            return Err(invalid("broker.url must start with amqp:// or amqps://"));
+        }
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = if base.contains("heartbeat=") {
+            base
+        } else {
+            format!("{base}{sep}heartbeat={}", self.heartbeat_secs)
+        };
+        Ok(Secret::new(url))
+    }
+
+    pub fn connection_name(&self) -> String {
+        self.connection_name.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "unknown-host".into());
+            format!("apns-worker@{host}")
+        })
+    }
+}
+
+/// Queue type of the jobs queue.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+/// Names and kinds of the topology the worker declares.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    pub jobs: String,
+    pub jobs_type: QueueType,
+    /// Quorum queues: redeliveries before the broker dead-letters a message that keeps
+    /// crashing workers (the last line of defence).
+    pub delivery_limit: u32,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub cleanup_exchange: String,
+    /// Declared and bound to the cleanup exchange so no event is lost while nobody has
+    /// bound a queue yet. Empty: not declared.
+    pub cleanup_queue: String,
+    /// Delay queues are named `<retry_prefix>.<delay ms>`.
+    pub retry_prefix: String,
+    /// Declare the topology at start (idempotent). Off: it must already exist.
+    pub declare: bool,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            jobs: "apns.jobs".into(),
+            jobs_type: QueueType::Quorum,
+            delivery_limit: 20,
+            dead_letter_exchange: "apns.dead-letter".into(),
+            dead_letter_queue: "apns.jobs.dead-letter".into(),
+            cleanup_exchange: "apns.token-cleanup".into(),
+            cleanup_queue: "apns.token-cleanup".into(),
+            retry_prefix: "apns.jobs.retry".into(),
+            declare: true,
+        }
+    }
+}
+
+impl QueueSettings {
+    /// Every name prefixed, for tests and the demo that need a private topology.
+    pub fn with_prefix(prefix: &str) -> QueueSettings {
+        let d = QueueSettings::default();
+        QueueSettings {
+            jobs: format!("{prefix}{}", d.jobs),
+            dead_letter_exchange: format!("{prefix}{}", d.dead_letter_exchange),
+            dead_letter_queue: format!("{prefix}{}", d.dead_letter_queue),
+            cleanup_exchange: format!("{prefix}{}", d.cleanup_exchange),
+            cleanup_queue: format!("{prefix}{}", d.cleanup_queue),
+            retry_prefix: format!("{prefix}{}", d.retry_prefix),
+            ..d
+        }
+    }
+}
+
+/// Retries of transient failures, through delay queues in the broker.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Sends to APNs per job before it is dead-lettered as RetriesExhausted.
+    pub max_attempts: u32,
+    /// First delay; each later one doubles, up to `max_delay_ms`.
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Delay before a job of an app with broken credentials is looked at again.
+    pub park_delay_ms: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            max_attempts: 8,
+            base_delay_ms: 1_000,
+            max_delay_ms: 300_000,
+            park_delay_ms: 60_000,
+        }
+    }
+}
+
+/// How the worker batches and drains.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Acks are sent with multiple=true once this many are settled in a row...
+    pub ack_batch: usize,
+    /// ...or after this long.
+    pub ack_flush_ms: u64,
+    /// On SIGTERM: time for in-flight jobs to finish before the rest is requeued
+    /// (keep it below Kubernetes' terminationGracePeriodSeconds).
+    pub drain_secs: u64,
+    /// Jobs larger than this are dead-lettered unread.
+    pub max_job_bytes: usize,
+    /// Remember the outcomes of this many recent notifications, so a job redelivered
+    /// after a broker reconnect is settled without being sent twice.
+    pub dedupe_capacity: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            ack_batch: 256,
+            ack_flush_ms: 10,
+            drain_secs: 25,
+            max_job_bytes: 64 * 1024,
+            dedupe_capacity: 200_000,
+        }
+    }
+}
+
+/// The per-app circuit breaker for broken credentials.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitSettings {
+    /// First pause after credentials fail; doubles while probes keep failing.
+    pub open_ms: u64,
+    pub max_open_ms: u64,
+}
+
+impl Default for CircuitSettings {
+    fn default() -> Self {
+        CircuitSettings {
+            open_ms: 10_000,
+            max_open_ms: 300_000,
+        }
+    }
 }
 
 /// Settings shared by every app's connections.
@@ -351,6 +562,60 @@ impl Config {
 
     /// Every check that does not need the network or the files' contents.
     pub fn check(&self) -> Result<(), ConfigError> {
+        let b = &self.broker;
+        if b.heartbeat_secs == 0 {
+            return Err(invalid(
+                "broker.heartbeat_secs must be above 0: a dead broker connection must be noticed",
+            ));
+        }
+        if b.prefetch == 0 {
+            return Err(invalid("broker.prefetch must be above 0"));
+        }
+        if b.reconnect_min_ms == 0 || b.reconnect_max_ms < b.reconnect_min_ms {
+            return Err(invalid(
+                "broker.reconnect_min_ms must be above 0 and at most broker.reconnect_max_ms",
+            ));
+        }
+        if b.url_file.is_none() {
+            b.effective_url()?;
+        }
+        let q = &self.queues;
+        for (name, v) in [
+            ("queues.jobs", &q.jobs),
+            ("queues.dead_letter_exchange", &q.dead_letter_exchange),
+            ("queues.dead_letter_queue", &q.dead_letter_queue),
+            ("queues.cleanup_exchange", &q.cleanup_exchange),
+            ("queues.retry_prefix", &q.retry_prefix),
+        ] {
+            if v.is_empty() || v.len() > 200 {
+                return Err(invalid(format!(
+                    "{name} must be a name of 1 to 200 characters"
+                )));
+            }
+        }
+        let r = &self.retry;
+        if r.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts must be at least 1"));
+        }
+        if r.base_delay_ms == 0 || r.max_delay_ms < r.base_delay_ms || r.park_delay_ms == 0 {
+            return Err(invalid(
+                "retry.base_delay_ms and retry.park_delay_ms must be above 0, and retry.max_delay_ms at least retry.base_delay_ms",
+            ));
+        }
+        let w = &self.worker;
+        if w.ack_batch == 0 || w.ack_flush_ms == 0 {
+            return Err(invalid(
+                "worker.ack_batch and worker.ack_flush_ms must be above 0",
+            ));
+        }
+        if w.max_job_bytes < 1024 {
+            return Err(invalid("worker.max_job_bytes must be at least 1024"));
+        }
+        if self.circuit.open_ms == 0 || self.circuit.max_open_ms < self.circuit.open_ms {
+            return Err(invalid(
+                "circuit.open_ms must be above 0 and at most circuit.max_open_ms",
+            ));
+        }
         let a = &self.apns;
         if a.request_timeout_ms == 0 || a.send_timeout_ms == 0 {
             return Err(invalid(
@@ -481,6 +746,9 @@ password = "hunter2"
     fn parses_a_full_file_with_defaults_filled_in() {
         let c = Config::from_toml(FULL, "test").unwrap();
         assert_eq!(c.apns.request_timeout_ms, 5000);
+        assert_eq!(c.queues.jobs, "apns.jobs");
+        assert_eq!(c.queues.jobs_type, QueueType::Quorum);
+        assert_eq!(c.broker.prefetch, 2000);
         assert_eq!(c.apns.ping_interval_secs, 60, "default");
         let shop = &c.apps["shop"];
         assert_eq!(shop.endpoint, Endpoint::sandbox());
@@ -545,6 +813,10 @@ password = "hunter2"
             ),
             ("[apns]\nsend_timeout_ms = 0", "send_timeout_ms"),
             ("[apns]\nreconnect_min_ms = 0", "tight reconnect"),
+            ("[broker]\nurl = \"http://x\"", "amqp://"),
+            ("[broker]\nheartbeat_secs = 0", "heartbeat"),
+            ("[retry]\nmax_attempts = 0", "max_attempts"),
+            ("[queues]\njobs_type = \"stream\"", "unknown variant"),
             ("[apps.a]\nendpoint = \"prod\"", "production"),
             ("[apps.a]\nendpoint = \"sandbox\"", "no credentials"),
             (
@@ -568,6 +840,20 @@ password = "hunter2"
             let e = Config::from_toml(text, "t").unwrap_err().to_string();
             assert!(e.contains(want), "{text:?}: {e:?} lacks {want:?}");
         }
+    }
+
+    #[test]
+    fn broker_url_gets_a_heartbeat_and_stays_secret() {
+        let c = Config::from_toml(
+            "[broker]\nurl = \"amqp://u:pw@h:5672/%2f\"\nheartbeat_secs = 15",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(
+            c.broker.effective_url().unwrap().expose(),
+            "amqp://u:pw@h:5672/%2f?heartbeat=15"
+        );
+        assert!(!format!("{:?}", c.broker).contains("pw"));
     }
 
     #[test]

@@ -9,3 +9,4 @@ pub mod mock;
 pub mod secret;
 pub mod signals;
 pub mod telemetry;
+pub mod worker;

@@ -1,0 +1,168 @@
+//! The per-app circuit breaker for broken credentials. Pure: the caller passes the time.
+//!
+//! Closed: every job is sent. A credentials failure opens it: jobs of the app are parked
+//! without being sent. After the open time, one job goes through as a probe (half-open);
+//! if APNs accepts the credentials it closes, otherwise it opens again for twice as long
+//! (up to a maximum). Other apps are not affected.
+
+use std::time::{Duration, Instant};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    Closed,
+    Open {
+        until: Instant,
+    },
+    /// One probe is out.
+    HalfOpen,
+}
+
+/// What to do with the next job of the app.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Gate {
+    Send,
+    /// Send it as the probe; report the result with `probe: true`.
+    Probe,
+    Park,
+}
+
+#[derive(Clone, Debug)]
+pub struct Circuit {
+    state: State,
+    open_for: Duration,
+    base: Duration,
+    max: Duration,
+    pub trips: u64,
+}
+
+impl Circuit {
+    pub fn new(base: Duration, max: Duration) -> Circuit {
+        Circuit {
+            state: State::Closed,
+            open_for: base,
+            base,
+            max,
+            trips: 0,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        self.state
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    pub fn gate(&mut self, now: Instant) -> Gate {
+        match self.state {
+            State::Closed => Gate::Send,
+            State::Open { until } if now >= until => {
+                self.state = State::HalfOpen;
+                Gate::Probe
+            }
+            State::Open { .. } | State::HalfOpen => Gate::Park,
+        }
+    }
+
+    /// APNs answered a request of this app, and the credentials were fine.
+    pub fn credentials_ok(&mut self) {
+        if self.state != State::Closed {
+            tracing::info!("credentials work again; circuit closed");
+        }
+        self.state = State::Closed;
+        self.open_for = self.base;
+    }
+
+    /// APNs answered that the credentials are broken.
+    pub fn credentials_broken(&mut self, now: Instant) {
+        let reopen = self.state == State::HalfOpen;
+        if self.state == State::Closed || reopen {
+            if reopen {
+                self.open_for = (self.open_for * 2).min(self.max);
+            }
+            self.trips += 1;
+            self.state = State::Open {
+                until: now + self.open_for,
+            };
+        }
+    }
+
+    /// The probe ended without an answer about credentials (network error): let
+    /// another job probe.
+    pub fn probe_inconclusive(&mut self, now: Instant) {
+        if self.state == State::HalfOpen {
+            self.state = State::Open { until: now };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn opens_probes_and_closes() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut c = Circuit::new(10 * s, 40 * s);
+        assert_eq!(c.gate(t0), Gate::Send);
+        c.credentials_broken(t0);
+        assert_eq!(c.gate(t0 + s), Gate::Park);
+        assert_eq!(c.gate(t0 + 10 * s), Gate::Probe);
+        assert_eq!(c.gate(t0 + 10 * s), Gate::Park, "one probe at a time");
+        c.credentials_broken(t0 + 11 * s);
+        assert_eq!(
+            c.state(),
+            State::Open { until: t0 + 31 * s },
+            "open twice as long"
+        );
+        assert_eq!(c.gate(t0 + 31 * s), Gate::Probe);
+        c.probe_inconclusive(t0 + 32 * s);
+        assert_eq!(
+            c.gate(t0 + 32 * s),
+            Gate::Probe,
+            "a lost probe frees the slot"
+        );
+        c.credentials_ok();
+        assert_eq!(c.gate(t0 + 33 * s), Gate::Send);
+        assert_eq!(c.trips, 2);
+    }
+
+    #[test]
+    fn the_open_time_is_capped_and_reset() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut c = Circuit::new(10 * s, 15 * s);
+        c.credentials_broken(t0);
+        let mut now = t0;
+        for _ in 0..5 {
+            now += 20 * s;
+            assert_eq!(c.gate(now), Gate::Probe);
+            c.credentials_broken(now);
+        }
+        assert_eq!(
+            c.state(),
+            State::Open {
+                until: now + 15 * s
+            }
+        );
+        c.credentials_ok();
+        c.credentials_broken(now);
+        assert_eq!(
+            c.state(),
+            State::Open {
+                until: now + 10 * s
+            },
+            "back to the base time"
+        );
+        // In-flight failures while open do not extend it.
+        c.credentials_broken(now + 5 * s);
+        assert_eq!(
+            c.state(),
+            State::Open {
+                until: now + 10 * s
+            }
+        );
+    }
+}

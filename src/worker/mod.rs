@@ -1,0 +1,6 @@
+//! The worker: consume jobs from RabbitMQ, send them with the APNs client, settle each
+//! message by its outcome. Pure parts: `job`, `settle`, `circuit`. I/O: `amqp`, `acker`, `run`.
+
+pub mod circuit;
+pub mod job;
+pub mod settle;
