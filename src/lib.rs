@@ -6,6 +6,7 @@ pub mod apns;
 pub mod check;
 pub mod config;
 pub mod mock;
+pub mod publish;
 pub mod secret;
 pub mod signals;
 pub mod telemetry;

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use apns_worker::apns::endpoint::EndpointKind;
 use apns_worker::config::Config;
 use apns_worker::mock::{StandaloneOptions, run_standalone};
+use apns_worker::publish::{Source, Synthetic};
 use apns_worker::signals::shutdown_signal;
+use apns_worker::worker::job::AppDirectory;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -23,6 +25,41 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Consume jobs and deliver them to APNs until SIGTERM/SIGINT; prints a summary.
+    Run {
+        /// TOML config file; APNS_WORKER__SECTION__KEY variables override it.
+        #[arg(long, short, env = "APNS_WORKER_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Publish jobs to the queue: from a JSONL file (or - for stdin), or N synthetic ones.
+    Publish {
+        #[arg(long, short, env = "APNS_WORKER_CONFIG")]
+        config: Option<PathBuf>,
+        /// One job per line (JSON); every line is checked before anything is sent.
+        #[arg(long, conflicts_with = "synthetic")]
+        file: Option<PathBuf>,
+        /// Generate this many jobs instead.
+        #[arg(long)]
+        synthetic: Option<u64>,
+        /// Topic of synthetic jobs (default: the first app's default topic).
+        #[arg(long)]
+        topic: Option<String>,
+        /// App of synthetic jobs.
+        #[arg(long)]
+        app: Option<String>,
+        /// Approximate payload size of synthetic jobs.
+        #[arg(long, default_value_t = 256)]
+        payload_bytes: usize,
+        /// Device tokens of synthetic jobs start with these hex digits.
+        #[arg(long, default_value = "")]
+        token_prefix: String,
+        /// Queue to publish to (default: queues.jobs of the config).
+        #[arg(long)]
+        queue: Option<String>,
+        /// No progress bar.
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Print the effective configuration (secrets redacted) and check it.
     CheckConfig {
         /// TOML config file; APNS_WORKER__SECTION__KEY variables override it.
@@ -79,8 +116,72 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    let result: Result<(), String> = rt.block_on(async {
+    let result: Result<(), String> = rt.block_on(async move {
         match cli.command {
+            Command::Run { config } => {
+                let cfg =
+                    Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+                let summary = apns_worker::worker::run::run(cfg, shutdown_signal())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                println!("{}", serde_json::to_string(&summary).unwrap_or_default());
+                Ok(())
+            }
+            Command::Publish {
+                config,
+                file,
+                synthetic,
+                topic,
+                app,
+                payload_bytes,
+                token_prefix,
+                queue,
+                quiet,
+            } => {
+                let cfg =
+                    Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+                let apps = if cfg.apps.is_empty() {
+                    AppDirectory::permissive()
+                } else {
+                    AppDirectory::from_config(&cfg.apps)
+                };
+                let source = match (file, synthetic) {
+                    (Some(f), _) => Source::Jsonl(f),
+                    (None, Some(count)) => {
+                        let topic = topic
+                            .or_else(|| {
+                                cfg.apps
+                                    .values()
+                                    .find_map(|a| a.default_topic().map(str::to_owned))
+                            })
+                            .ok_or("give --topic (no app in the config has a default topic)")?;
+                        Source::Synthetic(Synthetic {
+                            count,
+                            topic,
+                            app,
+                            payload_bytes,
+                            token_prefix,
+                        })
+                    }
+                    (None, None) => {
+                        return Err("give --file (or --file - for stdin) or --synthetic N".into());
+                    }
+                };
+                let queue = queue.unwrap_or_else(|| cfg.queues.jobs.clone());
+                let progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let n = apns_worker::publish::run(
+                    &cfg.broker,
+                    &queue,
+                    source,
+                    &apps,
+                    cfg.worker.max_job_bytes,
+                    progress,
+                )
+                .await
+                .map_err(|e| e.to_string())?;
+                eprintln!("published {n} job(s) to {queue}");
+                Ok(())
+            }
             Command::CheckConfig { config } => {
                 let cfg =
                     Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;

@@ -104,6 +104,7 @@ struct Wire<'a> {
 
 /// The typed part of a payload: `aps`. Keys outside `aps` are the app's own.
 #[derive(Deserialize)]
+#[allow(dead_code)]
 struct PayloadCheck {
     #[serde(default)]
     aps: Option<Aps>,
@@ -123,7 +124,7 @@ struct Aps {
     content_available: Option<OneFlag>,
     mutable_content: Option<OneFlag>,
     interruption_level: Option<InterruptionLevel>,
-    relevance_score: Option<f64>,
+    relevance_score: Option<UnitInterval>,
     filter_criteria: Option<String>,
     target_content_id: Option<String>,
     timestamp: Option<u64>,
@@ -140,7 +141,7 @@ struct Aps {
 #[allow(dead_code)]
 enum Alert {
     Text(String),
-    Dict(AlertDict),
+    Dict(Box<AlertDict>),
 }
 
 #[derive(Deserialize)]
@@ -172,7 +173,7 @@ enum Sound {
 struct CriticalSound {
     critical: Option<OneFlag>,
     name: Option<String>,
-    volume: Option<f64>,
+    volume: Option<UnitInterval>,
 }
 
 /// `content-available`, `mutable-content` and `critical` take the number 1.
@@ -187,6 +188,22 @@ impl TryFrom<i64> for OneFlag {
             Ok(OneFlag)
         } else {
             Err(format!("must be 1 (or 0), not {v}"))
+        }
+    }
+}
+
+/// `relevance-score` and a critical sound's `volume`: a number from 0 to 1.
+#[derive(Deserialize)]
+#[serde(try_from = "f64")]
+struct UnitInterval;
+
+impl TryFrom<f64> for UnitInterval {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&v) {
+            Ok(UnitInterval)
+        } else {
+            Err(format!("must be from 0 to 1, not {v}"))
         }
     }
 }
@@ -254,6 +271,8 @@ impl AppEntry {
 #[derive(Clone, Debug, Default)]
 pub struct AppDirectory {
     apps: Vec<AppEntry>,
+    /// Accept any app name and any topic (for checking jobs without a config).
+    permissive: bool,
 }
 
 impl AppDirectory {
@@ -277,11 +296,29 @@ impl AppDirectory {
                 }
             })
             .collect();
-        AppDirectory { apps }
+        AppDirectory {
+            apps,
+            permissive: false,
+        }
     }
 
     pub fn new(apps: Vec<AppEntry>) -> AppDirectory {
-        AppDirectory { apps }
+        AppDirectory {
+            apps,
+            permissive: false,
+        }
+    }
+
+    /// A directory that accepts any app and topic: checks a job's form only.
+    pub fn permissive() -> AppDirectory {
+        AppDirectory {
+            apps: Vec::new(),
+            permissive: true,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.apps.is_empty()
     }
 
     /// The app and topic of a job.
@@ -290,6 +327,11 @@ impl AppDirectory {
         app: Option<&str>,
         topic: Option<&str>,
     ) -> Result<(String, String), JobError> {
+        if self.permissive {
+            let app = app.unwrap_or("*").to_string();
+            let topic = topic.ok_or_else(|| JobError::NoTopic(app.clone()))?;
+            return Ok((app, topic.to_string()));
+        }
         let entry = match (app, topic) {
             (Some(name), _) => self
                 .apps
@@ -404,7 +446,8 @@ pub fn decode(
     let priority = wire.priority.map(Priority::from_number).transpose()?;
     let (app, topic) = apps.resolve(wire.app.as_deref(), wire.topic.as_deref())?;
     let job_id = wire.id.clone().or(env.message_id.map(str::to_owned));
-    let apns_id = derive_apns_id(wire.id.as_deref(), env);
+    // Without any id the job gets a random apns-id now; retries carry it in `x-apns-id`.
+    let apns_id = Some(derive_apns_id(wire.id.as_deref(), env).unwrap_or_else(Uuid::new_v4));
     let payload = body.slice_ref(raw.as_bytes());
     let notification = Notification::new(NotificationParts {
         device_token: wire.device_token,
@@ -512,7 +555,7 @@ mod tests {
                 "missing field `payload`",
             ),
             (
-                format!(r#"{{"topic":"com.example.shop","payload":{{}}}}"#),
+                r#"{"topic":"com.example.shop","payload":{}}"#.to_string(),
                 "missing field `device_token`",
             ),
             (
@@ -585,9 +628,8 @@ mod tests {
                 "hexadecimal",
             ),
             (
-                format!(
-                    r#"{{"device_token":"ab\r\ncd","topic":"com.example.shop","payload":{{}}}}"#
-                ),
+                r#"{"device_token":"ab\r\ncd","topic":"com.example.shop","payload":{}}"#
+                    .to_string(),
                 "hexadecimal",
             ),
             (

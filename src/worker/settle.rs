@@ -159,7 +159,7 @@ pub fn decide(outcome: &Outcome, ctx: &Context<'_>, rng: &mut fastrand::Rng) -> 
             app: ctx.app.to_string(),
             reason: reason.to_string(),
             status: *status,
-            unregistered_at: unregistered_at.map(|ms| rfc3339_ms(ms)),
+            unregistered_at: unregistered_at.map(rfc3339_ms),
             job_id: ctx.job_id.map(str::to_owned),
             apns_id: ctx.apns_id.clone(),
             observed_at: humantime::format_rfc3339_millis(ctx.observed_at).to_string(),

@@ -1,0 +1,224 @@
+//! `apns-worker publish`: put jobs on the queue, from a JSONL file, stdin, or N
+//! synthetic ones, with publisher confirms and a progress bar. Every job is checked by
+//! the worker's own decoder before anything is published, so a file with one bad line
+//! publishes nothing.
+
+use std::io::BufRead;
+use std::path::PathBuf;
+
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use lapin::options::BasicPublishOptions;
+use lapin::{Confirmation, Connection};
+use serde_json::json;
+
+use crate::config::BrokerSettings;
+use crate::worker::amqp;
+use crate::worker::job::{self, AppDirectory, Envelope};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishCmdError {
+    #[error("reading {0}: {1}")]
+    Read(String, std::io::Error),
+    #[error("{count} invalid job(s), nothing published:\n{details}")]
+    Invalid { count: usize, details: String },
+    #[error(transparent)]
+    Amqp(#[from] amqp::AmqpError),
+    #[error("publishing failed: {0}")]
+    Publish(String),
+    #[error(
+        "the broker refused or could not route {0} job(s) (does the queue exist? run the worker once to declare it)"
+    )]
+    Refused(u64),
+}
+
+/// Where the jobs come from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// One job per line; `-` is stdin.
+    Jsonl(PathBuf),
+    Synthetic(Synthetic),
+}
+
+/// Generated jobs for first steps, demos and benchmarks.
+#[derive(Clone, Debug)]
+pub struct Synthetic {
+    pub count: u64,
+    pub topic: String,
+    pub app: Option<String>,
+    /// Approximate size of each payload in bytes.
+    pub payload_bytes: usize,
+    /// Device tokens start with this (the mock's rules answer by prefix).
+    pub token_prefix: String,
+}
+
+/// A synthetic job body with a unique id and token.
+pub fn synthetic_job(s: &Synthetic, n: u64) -> String {
+    let id = uuid::Uuid::new_v4();
+    let mut token = s.token_prefix.clone();
+    let tail = format!("{:016x}{}", n, id.simple());
+    token.push_str(&tail[..64usize.saturating_sub(token.len()).min(tail.len())]);
+    while token.len() < 64 {
+        token.push('0');
+    }
+    let base = json!({"aps": {"alert": {"title": "Hello", "body": format!("notification {n}")}}, "pad": ""});
+    let base_len = base.to_string().len();
+    let pad = "x".repeat(s.payload_bytes.saturating_sub(base_len));
+    let payload = json!({"aps": {"alert": {"title": "Hello", "body": format!("notification {n}")}}, "pad": pad});
+    let mut job =
+        json!({"id": id.to_string(), "device_token": token, "topic": s.topic, "payload": payload});
+    if let Some(app) = &s.app {
+        job["app"] = json!(app);
+    }
+    job.to_string()
+}
+
+/// Read and check every job of a JSONL source; errors name the line.
+pub fn load_jsonl(
+    path: &PathBuf,
+    apps: &AppDirectory,
+    max_bytes: usize,
+) -> Result<Vec<String>, PublishCmdError> {
+    let name = path.display().to_string();
+    let reader: Box<dyn BufRead> = if name == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(path).map_err(|e| PublishCmdError::Read(name.clone(), e))?,
+        ))
+    };
+    let mut jobs = Vec::new();
+    let mut errors = Vec::new();
+    for (i, line) in reader.lines().enumerate() {
+        let line = line.map_err(|e| PublishCmdError::Read(name.clone(), e))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let body = bytes::Bytes::from(line.clone());
+        if let Err(e) = job::decode(&body, &Envelope::default(), apps, max_bytes) {
+            errors.push(format!("  line {}: {e}", i + 1));
+        } else {
+            jobs.push(line);
+        }
+    }
+    if !errors.is_empty() {
+        return Err(PublishCmdError::Invalid {
+            count: errors.len(),
+            details: errors.join("\n"),
+        });
+    }
+    Ok(jobs)
+}
+
+/// The id to use as AMQP message id: the job's `id`, else a new UUID.
+fn message_id(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("id").and_then(|i| i.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+/// Publish jobs to `queue` (through the default exchange) with confirms, keeping up to
+/// `window` confirms outstanding. Returns the number published.
+pub async fn publish_jobs(
+    conn: &Connection,
+    queue: &str,
+    jobs: impl Iterator<Item = String>,
+    total: Option<u64>,
+    progress: bool,
+) -> Result<u64, PublishCmdError> {
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(|e| PublishCmdError::Publish(e.to_string()))?;
+    ch.confirm_select(Default::default())
+        .await
+        .map_err(|e| PublishCmdError::Publish(e.to_string()))?;
+    let bar = match (progress, total) {
+        (true, Some(n)) => indicatif::ProgressBar::new(n),
+        (true, None) => indicatif::ProgressBar::new_spinner(),
+        (false, _) => indicatif::ProgressBar::hidden(),
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} jobs {per_sec} {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let window = 2048;
+    let mut pending = FuturesUnordered::new();
+    let (mut published, mut refused) = (0u64, 0u64);
+    let mut settle = |c: Result<Confirmation, lapin::Error>| -> Result<(), PublishCmdError> {
+        match c.map_err(|e| PublishCmdError::Publish(e.to_string()))? {
+            Confirmation::Ack(None) => published += 1,
+            _ => refused += 1,
+        }
+        bar.inc(1);
+        Ok(())
+    };
+    for body in jobs {
+        let props = amqp::job_props(&message_id(&body));
+        let confirm = ch
+            .basic_publish(
+                "".into(),
+                queue.into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                body.as_bytes(),
+                props,
+            )
+            .await
+            .map_err(|e| PublishCmdError::Publish(e.to_string()))?;
+        pending.push(confirm);
+        while pending.len() >= window {
+            if let Some(c) = pending.next().await {
+                settle(c)?;
+            }
+        }
+    }
+    while let Some(c) = pending.next().await {
+        settle(c)?;
+    }
+    bar.finish_and_clear();
+    let _ = ch.close(200, "done".into()).await;
+    if refused > 0 {
+        return Err(PublishCmdError::Refused(refused));
+    }
+    Ok(published)
+}
+
+/// The whole command.
+pub async fn run(
+    broker: &BrokerSettings,
+    queue: &str,
+    source: Source,
+    apps: &AppDirectory,
+    max_bytes: usize,
+    progress: bool,
+) -> Result<u64, PublishCmdError> {
+    let (jobs, total): (Box<dyn Iterator<Item = String> + Send>, u64) = match source {
+        Source::Jsonl(path) => {
+            let v = load_jsonl(&path, apps, max_bytes)?;
+            let n = v.len() as u64;
+            (Box::new(v.into_iter()), n)
+        }
+        Source::Synthetic(s) => {
+            let first = synthetic_job(&s, 0);
+            job::decode(
+                &bytes::Bytes::from(first),
+                &Envelope::default(),
+                apps,
+                max_bytes,
+            )
+            .map_err(|e| PublishCmdError::Invalid {
+                count: 1,
+                details: format!("  synthetic job: {e}"),
+            })?;
+            let n = s.count;
+            (Box::new((0..n).map(move |i| synthetic_job(&s, i))), n)
+        }
+    };
+    let conn = amqp::connect(broker).await?;
+    let n = publish_jobs(&conn, queue, jobs, Some(total), progress).await;
+    amqp::close(&conn).await;
+    n
+}

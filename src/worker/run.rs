@@ -1,0 +1,530 @@
+//! `apns-worker run`: the broker session loop, one task per delivery, and the one
+//! place where a settlement is carried out.
+//!
+//! Data flow: delivery → `job::decode` → (circuit gate) → `ApnsClient::send` →
+//! `Outcome` → `settle::decide` → `execute` (publish if needed, confirmed) → guard
+//! ack/requeue → `Acker` (coalesced acks on the delivery's own channel).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use backon::BackoffBuilder;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::acker::{Acker, Guard};
+use super::amqp::{self, Consumer, HeaderValue, Incoming, PublishError, Publisher};
+use super::circuit::{Circuit, Gate};
+use super::job::{self, AppDirectory, Envelope, Job};
+use super::recent::Recent;
+use super::settle::{self, AckKind, Settlement};
+use super::stats::{Stats, Summary};
+use crate::apns::classify::{Outcome, RetryCause};
+use crate::apns::client::{ApnsClient, ClientError};
+use crate::apns::jwt::{Clock, SystemClock};
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+}
+
+/// What health and readiness report (served by the admin endpoint).
+#[derive(Debug, Default)]
+pub struct Health {
+    pub broker_connected: AtomicBool,
+    pub consuming: AtomicBool,
+}
+
+/// Shared by every delivery task.
+pub struct Worker {
+    pub cfg: Config,
+    pub client: ApnsClient,
+    pub apps: AppDirectory,
+    pub circuits: BTreeMap<String, Mutex<Circuit>>,
+    pub stats: Stats,
+    pub recent: Recent,
+    pub health: Health,
+}
+
+impl Worker {
+    /// Load credentials and start the APNs connections.
+    pub fn start(cfg: Config, clock: Arc<dyn Clock>) -> Result<Arc<Worker>, RunError> {
+        cfg.check()?;
+        let client = ApnsClient::start(&cfg.apps, &cfg.apns, clock)?;
+        let circuits = cfg
+            .apps
+            .keys()
+            .map(|name| {
+                let c = Circuit::new(
+                    Duration::from_millis(cfg.circuit.open_ms),
+                    Duration::from_millis(cfg.circuit.max_open_ms),
+                );
+                (name.clone(), Mutex::new(c))
+            })
+            .collect();
+        Ok(Arc::new(Worker {
+            apps: AppDirectory::from_config(&cfg.apps),
+            recent: Recent::new(cfg.worker.dedupe_capacity),
+            client,
+            circuits,
+            stats: Stats::default(),
+            health: Health::default(),
+            cfg,
+        }))
+    }
+
+    /// Ready: connected, consuming, and at least one app not paused.
+    pub fn ready(&self) -> bool {
+        self.health.broker_connected.load(Ordering::Relaxed)
+            && self.health.consuming.load(Ordering::Relaxed)
+            && (self.circuits.is_empty()
+                || self
+                    .circuits
+                    .values()
+                    .any(|c| c.lock().expect("circuit lock").is_closed()))
+    }
+}
+
+/// Run until `shutdown` resolves; then drain, requeue what is left, and return the summary.
+pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
+    let worker = Worker::start(cfg, Arc::new(SystemClock))?;
+    Ok(serve(worker, shutdown).await)
+}
+
+/// One broker connection's state shared with its delivery tasks.
+struct Session {
+    publisher: Publisher,
+    /// Rung when a publish shows the channel or topology is broken.
+    lost: Notify,
+}
+
+enum End {
+    Shutdown,
+    Lost(JoinSet<()>),
+}
+
+/// The session loop of an already started worker.
+pub async fn serve(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> Summary {
+    tokio::pin!(shutdown);
+    let b = &worker.cfg.broker;
+    let new_backoff = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(b.reconnect_min_ms))
+            .with_max_delay(Duration::from_millis(b.reconnect_max_ms))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = new_backoff();
+    let mut previous: Option<JoinSet<()>> = None;
+    loop {
+        let opened = tokio::select! {
+            r = open_session(&worker) => r,
+            _ = &mut shutdown => break,
+        };
+        let (conn, session) = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                let wait = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker session failed to start");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = &mut shutdown => break,
+                }
+            }
+        };
+        delays = new_backoff();
+        Stats::inc(&worker.stats.broker_sessions);
+        worker
+            .health
+            .broker_connected
+            .store(true, Ordering::Relaxed);
+        // Let the previous session's sends finish first, so that the jobs the broker
+        // redelivers find their outcomes in `recent` instead of being sent again.
+        if let Some(mut old) = previous.take() {
+            let bound = worker.cfg.apns.send_timeout() + worker.cfg.apns.request_timeout();
+            let _ = tokio::time::timeout(bound, async { while old.join_next().await.is_some() {} })
+                .await;
+            old.abort_all();
+        }
+        let end = consume(&worker, &conn, session, &mut shutdown).await;
+        worker.health.consuming.store(false, Ordering::Relaxed);
+        worker
+            .health
+            .broker_connected
+            .store(false, Ordering::Relaxed);
+        match end {
+            End::Shutdown => {
+                amqp::close(&conn).await;
+                break;
+            }
+            End::Lost(tasks) => {
+                tracing::warn!("broker session lost; reconnecting");
+                amqp::close(&conn).await;
+                previous = Some(tasks);
+            }
+        }
+    }
+    if let Some(mut old) = previous.take() {
+        old.abort_all();
+        while old.join_next().await.is_some() {}
+    }
+    worker.client.close(Duration::from_secs(1)).await;
+    let summary = worker.stats.summary();
+    tracing::info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "worker stopped");
+    summary
+}
+
+async fn open_session(w: &Worker) -> Result<(lapin::Connection, Arc<Session>), amqp::AmqpError> {
+    let conn = amqp::connect(&w.cfg.broker).await?;
+    let publisher = Publisher::open(&conn).await?;
+    if w.cfg.queues.declare {
+        amqp::declare_topology(publisher.channel(), &w.cfg.queues, &w.cfg.retry).await?;
+    }
+    tracing::info!(connection_name = %w.cfg.broker.connection_name(), queue = %w.cfg.queues.jobs, "connected to the broker");
+    Ok((
+        conn,
+        Arc::new(Session {
+            publisher,
+            lost: Notify::new(),
+        }),
+    ))
+}
+
+async fn consume(
+    w: &Arc<Worker>,
+    conn: &lapin::Connection,
+    session: Arc<Session>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> End {
+    let tag = format!(
+        "{}-{}",
+        w.cfg.broker.connection_name(),
+        uuid::Uuid::new_v4()
+    );
+    let mut consumer =
+        match Consumer::start(conn, &w.cfg.queues.jobs, w.cfg.broker.prefetch, tag).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot consume");
+                return End::Lost(JoinSet::new());
+            }
+        };
+    let ws = &w.cfg.worker;
+    let acker = Acker::spawn(
+        consumer.channel.clone(),
+        ws.ack_batch,
+        Duration::from_millis(ws.ack_flush_ms),
+        usize::from(w.cfg.broker.prefetch) / 2,
+    );
+    w.health.consuming.store(true, Ordering::Relaxed);
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.as_mut() => {
+                drain(w, &consumer, &acker, tasks).await;
+                return End::Shutdown;
+            }
+            _ = session.lost.notified() => return End::Lost(tasks),
+            Some(res) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = res {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "a delivery task panicked; its job was requeued");
+                    }
+                }
+            }
+            next = consumer.next() => match next {
+                Some(Ok(inc)) => {
+                    Stats::inc(&w.stats.received);
+                    let guard = acker.guard(inc.tag);
+                    tasks.spawn(process(w.clone(), session.clone(), inc, guard));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer ended");
+                    return End::Lost(tasks);
+                }
+                None => {
+                    tracing::warn!("the broker cancelled the consumer");
+                    return End::Lost(tasks);
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM: no new deliveries, in-flight jobs get `drain_secs` to finish, the rest is
+/// requeued (their guards drop), acks are flushed.
+async fn drain(w: &Worker, consumer: &Consumer, acker: &Acker, mut tasks: JoinSet<()>) {
+    consumer.cancel().await;
+    w.health.consuming.store(false, Ordering::Relaxed);
+    let deadline = Duration::from_secs(w.cfg.worker.drain_secs);
+    tracing::info!(
+        in_flight = tasks.len(),
+        deadline_secs = deadline.as_secs(),
+        "draining"
+    );
+    let finished = tokio::time::timeout(deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "drain deadline reached; requeueing the rest"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    acker.flush().await;
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A short prefix of a device token, enough to correlate logs without exposing it.
+pub fn token_prefix(t: &str) -> &str {
+    &t[..t.len().min(8)]
+}
+
+/// One delivery, from bytes to settlement.
+async fn process(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guard) {
+    let attempts_before = inc.header_u32("x-attempts").unwrap_or(0);
+    let env = Envelope {
+        content_type: inc.content_type(),
+        message_id: inc.message_id(),
+        apns_id_header: inc.header_str("x-apns-id"),
+    };
+    let decoded = job::decode(&inc.body, &env, &w.apps, w.cfg.worker.max_job_bytes);
+    let settlement = match &decoded {
+        Err(e) => {
+            tracing::warn!(error = %e, attempts = attempts_before, "invalid job; dead-lettering");
+            settle::invalid_job(&e.to_string(), attempts_before)
+        }
+        Ok(job) => decide_job(&w, &inc, job, attempts_before).await,
+    };
+    execute(&w, &s, &inc, decoded.as_ref().ok(), settlement, guard).await;
+}
+
+async fn decide_job(w: &Worker, inc: &Incoming, job: &Job, attempts_before: u32) -> Settlement {
+    if job.expired(now_secs()) {
+        return Settlement::Ack(AckKind::Expired);
+    }
+    let apns_id = job.apns_id().expect("decode always sets an apns-id");
+    let n = &job.notification;
+    let mut rng = fastrand::Rng::new();
+    let ctx = |outcome_time| settle::Context {
+        retry: &w.cfg.retry,
+        attempts_before,
+        device_token: n.device_token(),
+        topic: n.topic(),
+        app: &job.app,
+        job_id: job.job_id.as_deref(),
+        apns_id: Some(apns_id.to_string()),
+        observed_at: outcome_time,
+    };
+    if inc.redelivered {
+        if let Some(outcome) = w.recent.get(&apns_id) {
+            tracing::info!(apns_id = %apns_id, "redelivered job already answered by APNs; settling without sending");
+            if outcome == Outcome::Delivered {
+                return Settlement::Ack(AckKind::AlreadyDelivered);
+            }
+            return settle::decide(&outcome, &ctx(SystemTime::now()), &mut rng);
+        }
+    }
+    let circuit = w.circuits.get(&job.app).expect("every app has a circuit");
+    let gate = circuit.lock().expect("circuit lock").gate(Instant::now());
+    if gate == Gate::Park {
+        return settle::decide(
+            &Outcome::CredentialsBroken {
+                status: 0,
+                reason: None,
+            },
+            &ctx(SystemTime::now()),
+            &mut rng,
+        );
+    }
+    let sent = w.client.send(&job.app, n).await;
+    let outcome = match &sent {
+        Ok(d) => d.outcome.clone(),
+        Err(e) => e.outcome(),
+    };
+    {
+        let mut c = circuit.lock().expect("circuit lock");
+        match &outcome {
+            Outcome::CredentialsBroken { .. } | Outcome::RefreshToken => {
+                let was_closed = c.is_closed();
+                c.credentials_broken(Instant::now());
+                if was_closed {
+                    tracing::error!(app = %job.app, reason = ?outcome, "APNs refuses this app's credentials; pausing the app (its jobs wait, other apps keep flowing)");
+                }
+            }
+            Outcome::RetryLater(RetryCause::NotSent(_) | RetryCause::Unknown(_)) => {
+                if gate == Gate::Probe {
+                    c.probe_inconclusive(Instant::now());
+                }
+            }
+            _ => c.credentials_ok(),
+        }
+    }
+    if matches!(outcome, Outcome::RetryLater(RetryCause::Unknown(_))) {
+        Stats::inc(&w.stats.unknown_outcomes);
+    }
+    if !matches!(outcome, Outcome::Delivered) {
+        let status = sent.as_ref().ok().map(|d| d.response.status);
+        tracing::info!(
+            app = %job.app,
+            token = token_prefix(n.device_token()),
+            apns_id = %apns_id,
+            status = status.unwrap_or(0),
+            outcome = ?outcome,
+            attempt = attempts_before + 1,
+            "notification not delivered"
+        );
+    }
+    w.recent.insert(apns_id, outcome.clone());
+    settle::decide(&outcome, &ctx(SystemTime::now()), &mut rng)
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The one place a settlement is carried out: publish what it needs (confirmed), then
+/// ack; if the publish fails, requeue instead. Never both, never neither.
+async fn execute(
+    w: &Worker,
+    s: &Session,
+    inc: &Incoming,
+    job: Option<&Job>,
+    settlement: Settlement,
+    guard: Guard,
+) {
+    let q = &w.cfg.queues;
+    let apns_id = job.and_then(|j| j.apns_id()).map(|u| u.to_string());
+    let result: Result<(), PublishError> = match &settlement {
+        Settlement::Ack(_) => Ok(()),
+        Settlement::Cleanup(ev) => {
+            let body = serde_json::to_vec(ev).expect("event serialises");
+            let id = uuid::Uuid::new_v4().to_string();
+            publish_retrying(s, &q.cleanup_exchange, &ev.topic, &body, || {
+                amqp::event_props(&id)
+            })
+            .await
+        }
+        Settlement::DeadLetter(dl) => {
+            let mut headers = vec![
+                ("x-apns-reason", HeaderValue::Text(dl.reason.clone())),
+                (
+                    "x-error",
+                    HeaderValue::Text(truncate(&dl.error, 1024).to_string()),
+                ),
+                ("x-attempts", HeaderValue::Int(i64::from(dl.attempts))),
+            ];
+            if let Some(st) = dl.status {
+                headers.push(("x-apns-status", HeaderValue::Int(i64::from(st))));
+            }
+            publish_retrying(s, &q.dead_letter_exchange, &q.jobs, &inc.body, || {
+                inc.props_with(&headers, None)
+            })
+            .await
+        }
+        Settlement::Retry {
+            attempt,
+            delay,
+            reason,
+        } => {
+            let mut headers = vec![
+                ("x-attempts", HeaderValue::Int(i64::from(*attempt))),
+                ("x-apns-last-reason", HeaderValue::Text(reason.clone())),
+            ];
+            if let Some(id) = &apns_id {
+                headers.push(("x-apns-id", HeaderValue::Text(id.clone())));
+            }
+            let queue = amqp::delay_queue_name(q, delay.level_ms);
+            publish_retrying(s, "", &queue, &inc.body, || {
+                inc.props_with(&headers, Some(delay.ttl_ms))
+            })
+            .await
+        }
+        Settlement::Park { delay, reason } => {
+            let mut headers = vec![("x-apns-parked", HeaderValue::Text(reason.clone()))];
+            if let Some(id) = &apns_id {
+                headers.push(("x-apns-id", HeaderValue::Text(id.clone())));
+            }
+            let queue = amqp::delay_queue_name(q, delay.level_ms);
+            publish_retrying(s, "", &queue, &inc.body, || {
+                inc.props_with(&headers, Some(delay.ttl_ms))
+            })
+            .await
+        }
+    };
+    let st = &w.stats;
+    match result {
+        Ok(()) => {
+            match &settlement {
+                Settlement::Ack(AckKind::Delivered) => Stats::inc(&st.delivered),
+                Settlement::Ack(AckKind::Expired) => Stats::inc(&st.expired),
+                Settlement::Ack(AckKind::AlreadyDelivered) => Stats::inc(&st.already_delivered),
+                Settlement::Cleanup(_) => Stats::inc(&st.token_cleanups),
+                Settlement::DeadLetter(dl) => st.dead_letter(&dl.reason),
+                Settlement::Retry { .. } => Stats::inc(&st.retried),
+                Settlement::Park { .. } => Stats::inc(&st.parked),
+            }
+            guard.ack();
+        }
+        Err(e) => {
+            Stats::inc(&st.publish_failures);
+            Stats::inc(&st.requeued);
+            tracing::error!(error = %e, "settlement publish failed; requeueing the job");
+            if e.breaks_session() {
+                s.lost.notify_one();
+            }
+            guard.requeue();
+        }
+    }
+}
+
+/// A confirmed publish, tried up to three times while the channel is healthy.
+async fn publish_retrying(
+    s: &Session,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: impl Fn() -> lapin::BasicProperties,
+) -> Result<(), PublishError> {
+    let mut last = None;
+    for pause in [0u64, 50, 250] {
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        match s
+            .publisher
+            .publish(exchange, routing_key, body, props())
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if e.breaks_session() => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("three attempts"))
+}

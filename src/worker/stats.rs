@@ -1,0 +1,83 @@
+//! Counters of what the worker did, for the summary it prints, for health and for
+//! metrics. Every settled message is counted once, under its settlement.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub received: AtomicU64,
+    pub delivered: AtomicU64,
+    pub token_cleanups: AtomicU64,
+    pub retried: AtomicU64,
+    pub parked: AtomicU64,
+    pub expired: AtomicU64,
+    /// Redelivered jobs this process had already sent, settled from memory.
+    pub already_delivered: AtomicU64,
+    /// Sends whose answer was lost: the notification may have gone out twice.
+    pub unknown_outcomes: AtomicU64,
+    /// Publishes (events, dead letters, retries) that failed; the job was requeued.
+    pub publish_failures: AtomicU64,
+    pub requeued: AtomicU64,
+    pub broker_sessions: AtomicU64,
+    dead_letters: Mutex<BTreeMap<String, u64>>,
+}
+
+/// A snapshot, printed as JSON at exit (`apns-worker run`) and returned by `run`.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct Summary {
+    pub received: u64,
+    pub delivered: u64,
+    pub token_cleanups: u64,
+    pub dead_lettered: BTreeMap<String, u64>,
+    pub retried: u64,
+    pub parked: u64,
+    pub expired: u64,
+    pub already_delivered: u64,
+    pub unknown_outcomes: u64,
+    pub publish_failures: u64,
+    pub requeued: u64,
+    pub broker_sessions: u64,
+}
+
+impl Summary {
+    pub fn dead_lettered_total(&self) -> u64 {
+        self.dead_lettered.values().sum()
+    }
+}
+
+impl Stats {
+    pub fn inc(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dead_letter(&self, reason: &str) {
+        *self
+            .dead_letters
+            .lock()
+            .expect("stats lock")
+            .entry(reason.to_string())
+            .or_default() += 1;
+    }
+
+    pub fn summary(&self) -> Summary {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Summary {
+            received: g(&self.received),
+            delivered: g(&self.delivered),
+            token_cleanups: g(&self.token_cleanups),
+            dead_lettered: self.dead_letters.lock().expect("stats lock").clone(),
+            retried: g(&self.retried),
+            parked: g(&self.parked),
+            expired: g(&self.expired),
+            already_delivered: g(&self.already_delivered),
+            unknown_outcomes: g(&self.unknown_outcomes),
+            publish_failures: g(&self.publish_failures),
+            requeued: g(&self.requeued),
+            broker_sessions: g(&self.broker_sessions),
+        }
+    }
+}

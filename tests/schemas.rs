@@ -1,0 +1,240 @@
+//! The published contracts: the schemas are valid JSON Schema 2020-12, the examples
+//! validate, and the worker's decoder agrees with the job schema on a corpus.
+
+use apns_worker::worker::job::{self, AppDirectory, Envelope};
+use serde_json::{Value, json};
+
+fn load(path: &str) -> Value {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|e| panic!("{path}: {e}"));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+pub fn validator(name: &str) -> jsonschema::Validator {
+    let schema = load(&format!("schemas/{name}"));
+    assert!(
+        jsonschema::meta::is_valid(&schema),
+        "{name} is not a valid JSON Schema"
+    );
+    assert_eq!(
+        schema["$schema"],
+        "https://json-schema.org/draft/2020-12/schema"
+    );
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+}
+
+fn errors(v: &jsonschema::Validator, instance: &Value) -> Vec<String> {
+    v.iter_errors(instance)
+        .map(|e| format!("{} at {}", e, e.instance_path))
+        .collect()
+}
+
+#[test]
+fn examples_validate_against_their_schemas() {
+    let job = validator("notification-job.schema.json");
+    for ex in [
+        "job-minimal.json",
+        "job-full.json",
+        "job-liveactivity.json",
+        "job-background.json",
+    ] {
+        let v = load(&format!("schemas/examples/{ex}"));
+        assert!(errors(&job, &v).is_empty(), "{ex}: {:?}", errors(&job, &v));
+        // And the worker accepts them.
+        let body = bytes::Bytes::from(v.to_string());
+        job::decode(
+            &body,
+            &Envelope::default(),
+            &AppDirectory::permissive(),
+            65536,
+        )
+        .unwrap_or_else(|e| panic!("{ex}: decoder refuses: {e}"));
+    }
+    let ev = validator("token-cleanup-event.schema.json");
+    let v = load("schemas/examples/token-cleanup-event.json");
+    assert!(errors(&ev, &v).is_empty(), "{:?}", errors(&ev, &v));
+    let dl = validator("dead-letter-headers.schema.json");
+    let v = load("schemas/examples/dead-letter-headers.json");
+    assert!(errors(&dl, &v).is_empty(), "{:?}", errors(&dl, &v));
+}
+
+const T: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";
+
+/// Jobs the schema and the decoder must both accept (true) or both refuse (false).
+fn corpus() -> Vec<(Value, bool)> {
+    let base = || json!({"device_token": T, "topic": "com.example.app", "payload": {"aps": {"alert": "hi"}}});
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut v = base();
+        f(&mut v);
+        v
+    };
+    vec![
+        (base(), true),
+        (with(&|v| v["extra"] = json!(1)), false),
+        (
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("payload");
+            }),
+            false,
+        ),
+        (
+            with(&|v| {
+                v.as_object_mut().unwrap().remove("device_token");
+            }),
+            false,
+        ),
+        (with(&|v| v["device_token"] = json!("xyz")), false),
+        (with(&|v| v["device_token"] = json!("abc")), false),
+        (with(&|v| v["device_token"] = json!(T.to_uppercase())), true),
+        (with(&|v| v["topic"] = json!("com.x\r\nInjected: 1")), false),
+        (with(&|v| v["payload"] = json!([1])), false),
+        (with(&|v| v["payload"] = json!("text")), false),
+        (
+            with(&|v| v["payload"] = json!({"custom": {"deep": [1, 2, 3]}})),
+            true,
+        ),
+        (with(&|v| v["payload"]["aps"]["badge"] = json!("1")), false),
+        (with(&|v| v["payload"]["aps"]["badge"] = json!(-1)), false),
+        (with(&|v| v["payload"]["aps"]["badge"] = json!(7)), true),
+        (
+            with(&|v| v["payload"]["aps"]["alert"] = json!({"title": "t", "loc-args": ["a", "b"]})),
+            true,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["alert"] = json!({"loc-args": "a"})),
+            false,
+        ),
+        (with(&|v| v["payload"]["aps"]["alert"] = json!(5)), false),
+        (
+            with(&|v| v["payload"]["aps"]["sound"] = json!("ping.caf")),
+            true,
+        ),
+        (
+            with(&|v| {
+                v["payload"]["aps"]["sound"] = json!({"critical": 1, "name": "x", "volume": 1.0})
+            }),
+            true,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["sound"] = json!({"critical": 1, "volume": 2})),
+            false,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["content-available"] = json!(1)),
+            true,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["content-available"] = json!(true)),
+            false,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["mutable-content"] = json!(2)),
+            false,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["interruption-level"] = json!("critical")),
+            true,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["interruption-level"] = json!("loud")),
+            false,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["relevance-score"] = json!(0.3)),
+            true,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["relevance-score"] = json!(3)),
+            false,
+        ),
+        (with(&|v| v["payload"]["aps"]["event"] = json!("end")), true),
+        (
+            with(&|v| v["payload"]["aps"]["event"] = json!("pause")),
+            false,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["content-state"] = json!([1])),
+            false,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["stale-date"] = json!("tomorrow")),
+            false,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["new-apple-key"] = json!({"any": 1})),
+            true,
+        ),
+        (with(&|v| v["push_type"] = json!("voip")), false),
+        (
+            with(&|v| {
+                v["push_type"] = json!("voip");
+                v["topic"] = json!("com.example.app.voip");
+            }),
+            true,
+        ),
+        (
+            with(&|v| {
+                v["push_type"] = json!("liveactivity");
+                v["topic"] = json!("com.example.app.push-type.liveactivity");
+            }),
+            true,
+        ),
+        (with(&|v| v["push_type"] = json!("complication")), false),
+        (with(&|v| v["push_type"] = json!("Alert")), false),
+        (
+            with(&|v| {
+                v["push_type"] = json!("background");
+                v["priority"] = json!(10);
+            }),
+            false,
+        ),
+        (
+            with(&|v| {
+                v["push_type"] = json!("background");
+                v["priority"] = json!(5);
+            }),
+            true,
+        ),
+        (with(&|v| v["priority"] = json!(7)), false),
+        (with(&|v| v["priority"] = json!("10")), false),
+        (with(&|v| v["expiration"] = json!(-1)), false),
+        (with(&|v| v["expiration"] = json!(0)), true),
+        (with(&|v| v["collapse_id"] = json!("x".repeat(65))), false),
+        (with(&|v| v["collapse_id"] = json!("x".repeat(64))), true),
+        (with(&|v| v["collapse_id"] = json!("a\nb")), false),
+        (with(&|v| v["collapse_id"] = json!("")), false),
+        (with(&|v| v["id"] = json!("")), false),
+        (with(&|v| v["id"] = json!(42)), false),
+        (with(&|v| v["app"] = json!(["x"])), false),
+    ]
+}
+
+#[test]
+fn the_decoder_and_the_schema_agree() {
+    let schema = validator("notification-job.schema.json");
+    for (job, valid) in corpus() {
+        let by_schema = schema.is_valid(&job);
+        let body = bytes::Bytes::from(job.to_string());
+        let by_decoder = job::decode(
+            &body,
+            &Envelope::default(),
+            &AppDirectory::permissive(),
+            65536,
+        );
+        assert_eq!(
+            by_schema,
+            valid,
+            "schema on {job}: {:?}",
+            errors(&schema, &job)
+        );
+        assert_eq!(
+            by_decoder.is_ok(),
+            valid,
+            "decoder on {job}: {:?}",
+            by_decoder.err()
+        );
+    }
+}
