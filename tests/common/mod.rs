@@ -158,3 +158,27 @@ pub fn logs() {
         .with_test_writer()
         .try_init();
 }
+
+pub mod broker;
+
+/// A worker config for one test: private topology, fast retries, the given apps.
+pub fn worker_config(
+    queues: apns_worker::config::QueueSettings,
+    apps: Vec<(&str, AppConfig)>,
+) -> apns_worker::config::Config {
+    let mut cfg = apns_worker::config::Config {
+        queues,
+        retry: broker::fast_retry(),
+        apns: fast_settings(),
+        ..Default::default()
+    };
+    cfg.broker.prefetch = 500;
+    cfg.broker.connection_name = Some("apns-worker-test".into());
+    cfg.circuit.open_ms = 200;
+    cfg.circuit.max_open_ms = 400;
+    cfg.worker.drain_secs = 5;
+    for (n, a) in apps {
+        cfg.apps.insert(n.to_string(), a);
+    }
+    cfg
+}
