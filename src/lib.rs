@@ -5,6 +5,7 @@
 pub mod apns;
 pub mod check;
 pub mod config;
+pub mod demo;
 pub mod mock;
 pub mod publish;
 pub mod secret;

@@ -25,6 +25,18 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The whole flow on this machine: mock APNs, local RabbitMQ, worker, sample jobs
+    /// with every outcome, and the outcome table. Cleans up after itself.
+    Demo {
+        #[arg(
+            long,
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+            env = "APNS_WORKER_DEMO_BROKER"
+        )]
+        broker: String,
+        #[arg(long, default_value_t = 3000)]
+        jobs: u64,
+    },
     /// Consume jobs and deliver them to APNs until SIGTERM/SIGINT; prints a summary.
     Run {
         /// TOML config file; APNS_WORKER__SECTION__KEY variables override it.
@@ -111,13 +123,20 @@ fn parse_env_kind(s: &str) -> Result<EndpointKind, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    apns_worker::telemetry::init_logging();
+    // The demo prints its own story; its logs would drown it.
+    match cli.command {
+        Command::Demo { .. } => apns_worker::telemetry::init_logging_with("error"),
+        _ => apns_worker::telemetry::init_logging(),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let result: Result<(), String> = rt.block_on(async move {
         match cli.command {
+            Command::Demo { broker, jobs } => apns_worker::demo::run(&broker, jobs)
+                .await
+                .map_err(|e| e.to_string()),
             Command::Run { config } => {
                 let cfg =
                     Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;

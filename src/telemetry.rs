@@ -7,7 +7,13 @@ use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_with("info");
+}
+
+/// As [`init_logging`], with another level when `RUST_LOG` is not set.
+pub fn init_logging_with(default_level: &str) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let json = match std::env::var("APNS_WORKER_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,

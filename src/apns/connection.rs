@@ -212,8 +212,15 @@ impl Shared {
         self.born.elapsed().saturating_sub(last)
     }
 
-    fn kill(&self, why: &str) {
-        tracing::warn!(connection = self.id, authority = %self.authority, reason = why, "closing APNs connection");
+    fn kill(&self, why: &str, planned: bool) {
+        if *self.state.borrow() == ConnState::Closed {
+            return;
+        }
+        if planned {
+            tracing::debug!(connection = self.id, authority = %self.authority, reason = why, "closing APNs connection");
+        } else {
+            tracing::warn!(connection = self.id, authority = %self.authority, reason = why, "closing APNs connection");
+        }
         self.set_state(ConnState::Closed);
         if let Some(h) = self.driver.lock().expect("driver lock").take() {
             h.abort();
@@ -443,9 +450,14 @@ impl Connection {
         self.shared.set_state(ConnState::Draining);
     }
 
-    /// Close now; in-flight streams end as `Unknown`.
+    /// Close now because something is wrong; in-flight streams end as `Unknown`.
     pub fn kill(&self, why: &str) {
-        self.shared.kill(why);
+        self.shared.kill(why, false);
+    }
+
+    /// Close now as planned (drained, shutting down); in-flight streams end as `Unknown`.
+    pub fn close(&self, why: &str) {
+        self.shared.kill(why, true);
     }
 
     /// Send one request on one stream and wait for the whole answer, at most `timeout`.
@@ -528,7 +540,7 @@ impl Connection {
 impl Drop for Connection {
     fn drop(&mut self) {
         // The last handle is gone: nothing can use the connection any more.
-        self.shared.kill("no longer used");
+        self.shared.kill("no longer used", true);
     }
 }
 
@@ -564,11 +576,14 @@ async fn ping_loop(
                 shared.mark_alive();
             }
             Ok(Err(e)) => {
-                shared.kill(&format!("PING failed: {e}"));
+                shared.kill(&format!("PING failed: {e}"), false);
                 return;
             }
             Err(_) => {
-                shared.kill(&format!("PING unanswered for {} ms", timeout.as_millis()));
+                shared.kill(
+                    &format!("PING unanswered for {} ms", timeout.as_millis()),
+                    false,
+                );
                 return;
             }
         }

@@ -233,7 +233,7 @@ impl Pool {
         let deadline = Instant::now() + grace;
         for c in &conns {
             wait_idle(c, deadline).await;
-            c.kill("shut down");
+            c.close("shut down");
         }
         for s in &self.slots {
             s.lock().expect("slot lock").take();
@@ -303,7 +303,7 @@ async fn supervise(pool: Arc<Pool>, i: usize) {
                 let drain = pool.opts.drain_timeout;
                 tokio::spawn(async move {
                     wait_idle(&conn, Instant::now() + drain).await;
-                    conn.kill("drained");
+                    conn.close("drained");
                 });
                 healthy
             }

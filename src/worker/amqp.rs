@@ -421,5 +421,7 @@ impl Consumer {
 
 /// Close a connection politely, bounded in time.
 pub async fn close(conn: &Connection) {
-    let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
+    if conn.status().connected() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
+    }
 }
