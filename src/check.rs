@@ -53,3 +53,78 @@ pub fn print_effective(cfg: &Config) -> Result<(), CheckError> {
     eprintln!("configuration OK: {} app(s)", cfg.apps.len());
     Ok(())
 }
+
+/// The device token of a probe: APNs answers 400 BadDeviceToken when the credentials
+/// are good (nothing is delivered), 403 when they are not.
+pub const PROBE_TOKEN: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// Try each app's credentials against its endpoint with one request to a token that
+/// cannot exist. Returns one line per app; Err if any app failed.
+pub async fn probe(cfg: &Config) -> Result<Vec<String>, Vec<String>> {
+    use crate::apns::classify::Outcome;
+    use crate::apns::client::ApnsClient;
+    use crate::apns::notification::{Notification, NotificationParts, PushType};
+
+    let client = match ApnsClient::start(&cfg.apps, &cfg.apns, Arc::new(SystemClock)) {
+        Ok(c) => c,
+        Err(e) => return Err(vec![e.to_string()]),
+    };
+    let (mut ok, mut bad) = (Vec::new(), Vec::new());
+    for (name, app) in &cfg.apps {
+        let Some(topic) = app.default_topic() else {
+            bad.push(format!(
+                "apps.{name}: no topic to probe with (set topics or default_topic)"
+            ));
+            continue;
+        };
+        let n = Notification::new(NotificationParts {
+            device_token: PROBE_TOKEN.into(),
+            topic: topic.into(),
+            push_type: PushType::Alert,
+            priority: None,
+            expiration: Some(0),
+            collapse_id: None,
+            apns_id: Some(uuid::Uuid::new_v4()),
+            payload: bytes::Bytes::from_static(
+                br#"{"aps":{"alert":"apns-worker credentials probe"}}"#,
+            ),
+        })
+        .expect("probe notification is valid");
+        let line = match client.send(name, &n).await {
+            Ok(d) => {
+                let answer = format!(
+                    "{} {}",
+                    d.response.status,
+                    d.response
+                        .reason
+                        .as_ref()
+                        .map(|r| r.to_string())
+                        .unwrap_or_default()
+                );
+                match d.outcome {
+                    Outcome::CredentialsBroken { .. } | Outcome::RefreshToken => Err(format!(
+                        "apps.{name}: APNs refuses the credentials ({answer})"
+                    )),
+                    Outcome::Rejected { .. } => Err(format!(
+                        "apps.{name}: credentials accepted, but APNs refuses topic {topic:?} ({answer})"
+                    )),
+                    _ => Ok(format!(
+                        "apps.{name}: credentials accepted by {} ({answer} for the probe token)",
+                        app.endpoint
+                    )),
+                }
+            }
+            Err(e) => Err(format!("apps.{name}: no answer from {}: {e}", app.endpoint)),
+        };
+        match line {
+            Ok(l) => ok.push(l),
+            Err(l) => bad.push(l),
+        }
+    }
+    client.close(std::time::Duration::from_secs(1)).await;
+    if bad.is_empty() {
+        Ok(ok)
+    } else {
+        Err(bad.into_iter().chain(ok).collect())
+    }
+}

@@ -77,6 +77,10 @@ enum Command {
         /// TOML config file; APNS_WORKER__SECTION__KEY variables override it.
         #[arg(long, short, env = "APNS_WORKER_CONFIG")]
         config: Option<PathBuf>,
+        /// Also try each app's credentials against its endpoint (one request to a
+        /// device token that cannot exist; nothing is delivered).
+        #[arg(long)]
+        probe: bool,
     },
     /// Run a mock APNs server (HTTP/2 + TLS) for tests, demos and benchmarks.
     MockApns {
@@ -201,10 +205,17 @@ fn main() -> ExitCode {
                 eprintln!("published {n} job(s) to {queue}");
                 Ok(())
             }
-            Command::CheckConfig { config } => {
+            Command::CheckConfig { config, probe } => {
                 let cfg =
                     Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
-                apns_worker::check::print_effective(&cfg).map_err(|e| e.to_string())
+                apns_worker::check::print_effective(&cfg).map_err(|e| e.to_string())?;
+                if probe {
+                    match apns_worker::check::probe(&cfg).await {
+                        Ok(lines) => lines.iter().for_each(|l| eprintln!("{l}")),
+                        Err(lines) => return Err(lines.join("\n")),
+                    }
+                }
+                Ok(())
             }
             Command::MockApns {
                 listen,

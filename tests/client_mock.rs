@@ -399,3 +399,212 @@ async fn back_pressure_waits_and_then_gives_up_without_buffering() {
         ok + 1
     );
 }
+
+/// The mock answers requests our client would never send the way APNs does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_refuses_what_apns_refuses() {
+    use apns_worker::apns::connection::{ConnectOptions, Connection};
+    use apns_worker::apns::jwt::{SystemClock, TokenPolicy, TokenSigner};
+    use apns_worker::apns::limiter::StreamLimiter;
+    use bytes::Bytes;
+    let m = mock(Faults::default()).await;
+    let pem = m.mock.generate_key(TEAM, KEY).unwrap();
+    let signer = TokenSigner::new(
+        TEAM,
+        KEY,
+        &apns_worker::secret::Secret::new(pem.into_bytes()),
+        TokenPolicy::default(),
+        std::sync::Arc::new(SystemClock),
+    )
+    .unwrap();
+    let auth = signer.current().unwrap().authorization().clone();
+    let opts = ConnectOptions {
+        endpoint: m.mock.endpoint(),
+        tls: apns_worker::apns::tls::client_config(Some(&m.ca), None).unwrap(),
+        connect_timeout: Duration::from_secs(5),
+        ping_interval: Duration::from_secs(60),
+        ping_timeout: Duration::from_secs(10),
+        max_streams: 10,
+    };
+    let conn = Connection::connect(1, &opts).await.unwrap();
+    let good = token("ab", 1);
+    let uri = |path: &str| format!("https://{}{path}", conn.authority());
+    type Edit = Box<dyn Fn(&mut http::Request<()>)>;
+    let rows: Vec<(&str, Edit, Bytes, u16, &str)> = vec![
+        (
+            "no topic",
+            Box::new(|r| {
+                r.headers_mut().remove("apns-topic");
+            }),
+            Bytes::from_static(b"{}"),
+            400,
+            "MissingTopic",
+        ),
+        (
+            "bad priority",
+            Box::new(|r| {
+                r.headers_mut()
+                    .insert("apns-priority", "7".parse().unwrap());
+            }),
+            Bytes::from_static(b"{}"),
+            400,
+            "BadPriority",
+        ),
+        (
+            "bad push type",
+            Box::new(|r| {
+                r.headers_mut()
+                    .insert("apns-push-type", "loud".parse().unwrap());
+            }),
+            Bytes::from_static(b"{}"),
+            400,
+            "InvalidPushType",
+        ),
+        (
+            "voip topic",
+            Box::new(|r| {
+                r.headers_mut()
+                    .insert("apns-push-type", "voip".parse().unwrap());
+            }),
+            Bytes::from_static(b"{}"),
+            400,
+            "BadTopic",
+        ),
+        (
+            "long collapse id",
+            Box::new(|r| {
+                r.headers_mut()
+                    .insert("apns-collapse-id", "x".repeat(65).parse().unwrap());
+            }),
+            Bytes::from_static(b"{}"),
+            400,
+            "BadCollapseId",
+        ),
+        (
+            "bad apns-id",
+            Box::new(|r| {
+                r.headers_mut().insert("apns-id", "nope".parse().unwrap());
+            }),
+            Bytes::from_static(b"{}"),
+            400,
+            "BadMessageId",
+        ),
+        (
+            "bad expiration",
+            Box::new(|r| {
+                r.headers_mut()
+                    .insert("apns-expiration", "soon".parse().unwrap());
+            }),
+            Bytes::from_static(b"{}"),
+            400,
+            "BadExpirationDate",
+        ),
+        (
+            "duplicate topic",
+            Box::new(|r| {
+                r.headers_mut().append("apns-topic", TOPIC.parse().unwrap());
+            }),
+            Bytes::from_static(b"{}"),
+            400,
+            "DuplicateHeaders",
+        ),
+        (
+            "bad token",
+            Box::new(|r| {
+                *r.uri_mut() = format!("https://{}/3/device/xyz", r.uri().authority().unwrap())
+                    .parse()
+                    .unwrap();
+            }),
+            Bytes::from_static(b"{}"),
+            400,
+            "BadDeviceToken",
+        ),
+        (
+            "no token",
+            Box::new(|r| {
+                *r.uri_mut() = format!("https://{}/3/device/", r.uri().authority().unwrap())
+                    .parse()
+                    .unwrap();
+            }),
+            Bytes::from_static(b"{}"),
+            400,
+            "MissingDeviceToken",
+        ),
+        (
+            "bad path",
+            Box::new(|r| {
+                *r.uri_mut() = format!("https://{}/2/device/ab", r.uri().authority().unwrap())
+                    .parse()
+                    .unwrap();
+            }),
+            Bytes::from_static(b"{}"),
+            404,
+            "BadPath",
+        ),
+        (
+            "GET",
+            Box::new(|r| {
+                *r.method_mut() = http::Method::GET;
+            }),
+            Bytes::from_static(b"{}"),
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            "empty payload",
+            Box::new(|_| {}),
+            Bytes::new(),
+            400,
+            "PayloadEmpty",
+        ),
+        (
+            "4097 bytes",
+            Box::new(|_| {}),
+            Bytes::from(vec![b' '; 4097]),
+            413,
+            "PayloadTooLarge",
+        ),
+        (
+            "no token header",
+            Box::new(|r| {
+                r.headers_mut().remove("authorization");
+            }),
+            Bytes::from_static(b"{}"),
+            403,
+            "MissingProviderToken",
+        ),
+        (
+            "forged token",
+            Box::new(|r| {
+                r.headers_mut().insert("authorization", "bearer eyJhbGciOiJFUzI1NiIsImtpZCI6IktFWTEyMzQ1NjcifQ.eyJpc3MiOiJURUFNMTIzNDU2IiwiaWF0IjoxfQ.c2ln".parse().unwrap());
+            }),
+            Bytes::from_static(b"{}"),
+            403,
+            "InvalidProviderToken",
+        ),
+        ("fine", Box::new(|_| {}), Bytes::from_static(b"{}"), 200, ""),
+    ];
+    for (name, edit, body, status, reason) in rows {
+        let mut req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri(uri(&format!("/3/device/{good}")))
+            .header("apns-topic", TOPIC)
+            .header("apns-push-type", "alert")
+            .header("authorization", auth.clone())
+            .body(())
+            .unwrap();
+        edit(&mut req);
+        let limiter = conn.limiter().clone();
+        let permit = StreamLimiter::acquire(limiter).await.unwrap();
+        let r = conn
+            .send(req, body, Duration::from_secs(5), permit)
+            .await
+            .unwrap();
+        assert_eq!(r.status, status, "{name}");
+        assert_eq!(
+            r.reason.map(|r| r.to_string()).unwrap_or_default(),
+            reason,
+            "{name}"
+        );
+    }
+}

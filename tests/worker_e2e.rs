@@ -542,3 +542,69 @@ async fn reconciliation_of_20000_mixed_jobs() {
     );
     broker::delete_topology(&conn, &q, &cfg.retry).await;
 }
+
+/// A cleanup event nobody can receive (no queue bound, `mandatory` returns it) is not
+/// an ack: the job stays, comes back, is settled from memory without a second send,
+/// and goes through once a queue is bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_publish_is_not_an_ack() {
+    use lapin::options::{QueueBindOptions, QueueDeclareOptions};
+    let m = mock(Faults {
+        rules: vec![rule("dead", 410, "Unregistered", None)],
+        ..Faults::default()
+    })
+    .await;
+    let mut q = broker::topology("unroutable");
+    q.cleanup_queue = String::new();
+    let mut cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 1))]);
+    cfg.broker.reconnect_min_ms = 100;
+    cfg.broker.reconnect_max_ms = 200;
+    let conn = broker::connect().await;
+    let w = broker::start(cfg.clone()).await;
+    broker::publish_jobs(&conn, &q.jobs, vec![job(&token("dead", 1), "d1")]).await;
+    w.wait_until("two failed publishes", Duration::from_secs(20), |s| {
+        s.publish_failures >= 2
+    })
+    .await;
+    assert_eq!(w.worker.stats.summary().token_cleanups, 0);
+    // Now someone binds a queue: the next redelivery gets through.
+    let late = format!("{}late", q.jobs);
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        late.as_str().into(),
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        late.as_str().into(),
+        q.cleanup_exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    w.wait_terminal(1, Duration::from_secs(20)).await;
+    let s = w.stop().await;
+    assert_eq!(s.token_cleanups, 1);
+    assert!(
+        s.broker_sessions >= 2,
+        "the broken channel was replaced: {s:?}"
+    );
+    assert_eq!(
+        m.mock.stats().answered,
+        1,
+        "APNs was asked once; redeliveries were settled from memory"
+    );
+    assert_eq!(broker::depth(&conn, &late).await, 1);
+    assert_eq!(broker::depth(&conn, &q.jobs).await, 0);
+    let _ = ch
+        .queue_delete(late.as_str().into(), Default::default())
+        .await;
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}

@@ -98,6 +98,9 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
     Ok(serve(worker, shutdown).await)
 }
 
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
 /// One broker connection's state shared with its delivery tasks.
 struct Session {
     publisher: Publisher,
@@ -140,7 +143,7 @@ pub async fn serve(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> S
                 }
             }
         };
-        delays = new_backoff();
+        let session_started = Instant::now();
         Stats::inc(&worker.stats.broker_sessions);
         worker
             .health
@@ -166,9 +169,24 @@ pub async fn serve(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> S
                 break;
             }
             End::Lost(tasks) => {
-                tracing::warn!("broker session lost; reconnecting");
                 amqp::close(&conn).await;
                 previous = Some(tasks);
+                // A session that ends soon after it began (a publish that keeps failing,
+                // a flapping broker) must not turn into a tight reconnect loop.
+                if session_started.elapsed() >= STABLE_SESSION {
+                    delays = new_backoff();
+                    tracing::warn!("broker session lost; reconnecting");
+                } else {
+                    let wait = delays.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(
+                        retry_in_ms = wait.as_millis() as u64,
+                        "broker session lost soon after it began; reconnecting after a pause"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut shutdown => break,
+                    }
+                }
             }
         }
     }
