@@ -19,7 +19,7 @@ use super::acker::{Acker, Guard};
 use super::amqp::{self, Consumer, HeaderValue, Incoming, PublishError, Publisher};
 use super::circuit::{Circuit, Gate};
 use super::job::{self, AppDirectory, Envelope, Job};
-use super::recent::Recent;
+use super::recent::{Key, Recent};
 use super::settle::{self, AckKind, Settlement};
 use super::stats::{Stats, Summary};
 use crate::apns::classify::{Outcome, RetryCause};
@@ -40,6 +40,8 @@ pub enum RunError {
 pub struct Health {
     pub broker_connected: AtomicBool,
     pub consuming: AtomicBool,
+    /// Deliveries being processed now (all sessions).
+    pub in_flight: std::sync::atomic::AtomicUsize,
 }
 
 /// Shared by every delivery task.
@@ -316,9 +318,27 @@ pub fn token_prefix(t: &str) -> &str {
     &t[..t.len().min(8)]
 }
 
+/// Counts a delivery as in flight for as long as its task lives.
+struct InFlight<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a std::sync::atomic::AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// One delivery, from bytes to settlement.
 async fn process(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guard) {
+    let _in_flight = InFlight::new(&w.health.in_flight);
     let attempts_before = inc.header_u32("x-attempts").unwrap_or(0);
+    let hop = inc.header_u32("x-apns-hop").unwrap_or(0);
     let env = Envelope {
         content_type: inc.content_type(),
         message_id: inc.message_id(),
@@ -330,16 +350,23 @@ async fn process(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guard) {
             tracing::warn!(error = %e, attempts = attempts_before, "invalid job; dead-lettering");
             settle::invalid_job(&e.to_string(), attempts_before)
         }
-        Ok(job) => decide_job(&w, &inc, job, attempts_before).await,
+        Ok(job) => decide_job(&w, &inc, job, attempts_before, hop).await,
     };
-    execute(&w, &s, &inc, decoded.as_ref().ok(), settlement, guard).await;
+    execute(&w, &s, &inc, decoded.as_ref().ok(), hop, settlement, guard).await;
 }
 
-async fn decide_job(w: &Worker, inc: &Incoming, job: &Job, attempts_before: u32) -> Settlement {
+async fn decide_job(
+    w: &Worker,
+    inc: &Incoming,
+    job: &Job,
+    attempts_before: u32,
+    hop: u32,
+) -> Settlement {
     if job.expired(now_secs()) {
         return Settlement::Ack(AckKind::Expired);
     }
     let apns_id = job.apns_id().expect("decode always sets an apns-id");
+    let key = Key { apns_id, hop };
     let n = &job.notification;
     let mut rng = fastrand::Rng::new();
     let ctx = |outcome_time| settle::Context {
@@ -353,12 +380,14 @@ async fn decide_job(w: &Worker, inc: &Incoming, job: &Job, attempts_before: u32)
         observed_at: outcome_time,
     };
     if inc.redelivered {
-        if let Some(outcome) = w.recent.get(&apns_id) {
-            tracing::info!(apns_id = %apns_id, "redelivered job already answered by APNs; settling without sending");
-            if outcome == Outcome::Delivered {
-                return Settlement::Ack(AckKind::AlreadyDelivered);
+        if let Some(entry) = w.recent.get(&key) {
+            // Its answer is known: settled already (the ack was lost) → ack again;
+            // not yet (a publish failed) → carry out the same settlement again.
+            tracing::info!(apns_id = %apns_id, settled = entry.settled, "redelivered job already answered by APNs; settling without sending");
+            if entry.settled {
+                return Settlement::Ack(AckKind::AlreadySettled);
             }
-            return settle::decide(&outcome, &ctx(SystemTime::now()), &mut rng);
+            return settle::decide(&entry.outcome, &ctx(SystemTime::now()), &mut rng);
         }
     }
     let circuit = w.circuits.get(&job.app).expect("every app has a circuit");
@@ -372,6 +401,9 @@ async fn decide_job(w: &Worker, inc: &Incoming, job: &Job, attempts_before: u32)
             &ctx(SystemTime::now()),
             &mut rng,
         );
+    }
+    if inc.redelivered {
+        Stats::inc(&w.stats.redelivered_resent);
     }
     let sent = w.client.send(&job.app, n).await;
     let outcome = match &sent {
@@ -411,7 +443,7 @@ async fn decide_job(w: &Worker, inc: &Incoming, job: &Job, attempts_before: u32)
             "notification not delivered"
         );
     }
-    w.recent.insert(apns_id, outcome.clone());
+    w.recent.insert(key, outcome.clone());
     settle::decide(&outcome, &ctx(SystemTime::now()), &mut rng)
 }
 
@@ -433,6 +465,7 @@ async fn execute(
     s: &Session,
     inc: &Incoming,
     job: Option<&Job>,
+    hop: u32,
     settlement: Settlement,
     guard: Guard,
 ) {
@@ -472,6 +505,7 @@ async fn execute(
         } => {
             let mut headers = vec![
                 ("x-attempts", HeaderValue::Int(i64::from(*attempt))),
+                ("x-apns-hop", HeaderValue::Int(i64::from(hop) + 1)),
                 ("x-apns-last-reason", HeaderValue::Text(reason.clone())),
             ];
             if let Some(id) = &apns_id {
@@ -484,7 +518,10 @@ async fn execute(
             .await
         }
         Settlement::Park { delay, reason } => {
-            let mut headers = vec![("x-apns-parked", HeaderValue::Text(reason.clone()))];
+            let mut headers = vec![
+                ("x-apns-parked", HeaderValue::Text(reason.clone())),
+                ("x-apns-hop", HeaderValue::Int(i64::from(hop) + 1)),
+            ];
             if let Some(id) = &apns_id {
                 headers.push(("x-apns-id", HeaderValue::Text(id.clone())));
             }
@@ -498,10 +535,13 @@ async fn execute(
     let st = &w.stats;
     match result {
         Ok(()) => {
+            if let Some(apns_id) = job.and_then(|j| j.apns_id()) {
+                w.recent.mark_settled(&Key { apns_id, hop });
+            }
             match &settlement {
                 Settlement::Ack(AckKind::Delivered) => Stats::inc(&st.delivered),
                 Settlement::Ack(AckKind::Expired) => Stats::inc(&st.expired),
-                Settlement::Ack(AckKind::AlreadyDelivered) => Stats::inc(&st.already_delivered),
+                Settlement::Ack(AckKind::AlreadySettled) => Stats::inc(&st.already_settled),
                 Settlement::Cleanup(_) => Stats::inc(&st.token_cleanups),
                 Settlement::DeadLetter(dl) => st.dead_letter(&dl.reason),
                 Settlement::Retry { .. } => Stats::inc(&st.retried),

@@ -45,8 +45,9 @@ pub enum Settlement {
 pub enum AckKind {
     Delivered,
     Expired,
-    /// A redelivered job whose notification this process already delivered.
-    AlreadyDelivered,
+    /// A redelivered job this process already settled (its ack was lost with a
+    /// connection): acked again, nothing sent or published twice.
+    AlreadySettled,
 }
 
 /// The dead letter's headers (the body and properties are the original's).

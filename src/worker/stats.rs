@@ -15,10 +15,14 @@ pub struct Stats {
     pub retried: AtomicU64,
     pub parked: AtomicU64,
     pub expired: AtomicU64,
-    /// Redelivered jobs this process had already sent, settled from memory.
-    pub already_delivered: AtomicU64,
+    /// Redelivered jobs this process had already settled (ack lost): acked again.
+    /// Not counted again under their settlement.
+    pub already_settled: AtomicU64,
     /// Sends whose answer was lost: the notification may have gone out twice.
     pub unknown_outcomes: AtomicU64,
+    /// Redelivered jobs with no remembered outcome (another replica, or this one before
+    /// a restart, may have sent them): sent again, so possibly twice.
+    pub redelivered_resent: AtomicU64,
     /// Publishes (events, dead letters, retries) that failed; the job was requeued.
     pub publish_failures: AtomicU64,
     pub requeued: AtomicU64,
@@ -36,8 +40,9 @@ pub struct Summary {
     pub retried: u64,
     pub parked: u64,
     pub expired: u64,
-    pub already_delivered: u64,
+    pub already_settled: u64,
     pub unknown_outcomes: u64,
+    pub redelivered_resent: u64,
     pub publish_failures: u64,
     pub requeued: u64,
     pub broker_sessions: u64,
@@ -46,6 +51,11 @@ pub struct Summary {
 impl Summary {
     pub fn dead_lettered_total(&self) -> u64 {
         self.dead_lettered.values().sum()
+    }
+
+    /// Jobs that reached a terminal state (each counted once by this process).
+    pub fn terminal(&self) -> u64 {
+        self.delivered + self.token_cleanups + self.dead_lettered_total() + self.expired
     }
 }
 
@@ -73,8 +83,9 @@ impl Stats {
             retried: g(&self.retried),
             parked: g(&self.parked),
             expired: g(&self.expired),
-            already_delivered: g(&self.already_delivered),
+            already_settled: g(&self.already_settled),
             unknown_outcomes: g(&self.unknown_outcomes),
+            redelivered_resent: g(&self.redelivered_resent),
             publish_failures: g(&self.publish_failures),
             requeued: g(&self.requeued),
             broker_sessions: g(&self.broker_sessions),

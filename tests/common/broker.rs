@@ -226,8 +226,7 @@ pub fn start_unready(cfg: Config) -> Running {
 impl Running {
     /// Jobs in a terminal state so far.
     pub fn terminal(&self) -> u64 {
-        let s = self.worker.stats.summary();
-        s.delivered + s.token_cleanups + s.dead_lettered_total() + s.expired + s.already_delivered
+        self.worker.stats.summary().terminal()
     }
 
     /// Wait until `n` jobs are terminal (an observable count, not a sleep).
@@ -261,6 +260,47 @@ impl Running {
                 panic!("{what} not reached in {within:?}: {s:?}");
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Wait until the jobs queue and every delay queue are empty and nothing is in
+    /// flight, several times in a row: every job has reached a terminal state.
+    pub async fn wait_drained(
+        &self,
+        conn: &Connection,
+        q: &QueueSettings,
+        r: &RetrySettings,
+        within: Duration,
+    ) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut queues = vec![q.jobs.clone()];
+        queues.extend(
+            delay_levels(r)
+                .into_iter()
+                .map(|l| amqp::delay_queue_name(q, l)),
+        );
+        let mut quiet = 0;
+        while quiet < 5 {
+            let mut busy = self
+                .worker
+                .health
+                .in_flight
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0;
+            let mut depths = Vec::new();
+            for name in &queues {
+                let d = depth(conn, name).await;
+                depths.push(d);
+                busy |= d > 0;
+            }
+            quiet = if busy { 0 } else { quiet + 1 };
+            if tokio::time::Instant::now() > deadline {
+                panic!(
+                    "not drained in {within:?}: depths {depths:?}, {:?}",
+                    self.worker.stats.summary()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

@@ -182,3 +182,5 @@ pub fn worker_config(
     }
     cfg
 }
+pub mod process;
+pub mod proxy;
