@@ -379,7 +379,9 @@ async fn decide_job(
         apns_id: Some(apns_id.to_string()),
         observed_at: outcome_time,
     };
-    if inc.redelivered {
+    // A redelivery, or a worker-made copy (hop > 0) of which a twin may exist after a
+    // publish whose confirm was lost: if this message's answer is known, use it.
+    if inc.redelivered || hop > 0 {
         if let Some(entry) = w.recent.get(&key) {
             // Its answer is known: settled already (the ack was lost) → ack again;
             // not yet (a publish failed) → carry out the same settlement again.
@@ -552,6 +554,10 @@ async fn execute(
         Err(e) => {
             Stats::inc(&st.publish_failures);
             Stats::inc(&st.requeued);
+            if matches!(e, PublishError::Channel(_)) {
+                // The broker may have taken it before the channel died.
+                Stats::inc(&st.uncertain_publishes);
+            }
             tracing::error!(error = %e, "settlement publish failed; requeueing the job");
             if e.breaks_session() {
                 s.lost.notify_one();

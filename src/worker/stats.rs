@@ -25,6 +25,9 @@ pub struct Stats {
     pub redelivered_resent: AtomicU64,
     /// Publishes (events, dead letters, retries) that failed; the job was requeued.
     pub publish_failures: AtomicU64,
+    /// Of those, the ones lost with the channel: the broker may have taken them, so an
+    /// event, dead letter or retry copy may exist twice.
+    pub uncertain_publishes: AtomicU64,
     pub requeued: AtomicU64,
     pub broker_sessions: AtomicU64,
     dead_letters: Mutex<BTreeMap<String, u64>>,
@@ -44,6 +47,7 @@ pub struct Summary {
     pub unknown_outcomes: u64,
     pub redelivered_resent: u64,
     pub publish_failures: u64,
+    pub uncertain_publishes: u64,
     pub requeued: u64,
     pub broker_sessions: u64,
 }
@@ -87,6 +91,7 @@ impl Stats {
             unknown_outcomes: g(&self.unknown_outcomes),
             redelivered_resent: g(&self.redelivered_resent),
             publish_failures: g(&self.publish_failures),
+            uncertain_publishes: g(&self.uncertain_publishes),
             requeued: g(&self.requeued),
             broker_sessions: g(&self.broker_sessions),
         }

@@ -168,6 +168,7 @@ fn summary_from(v: &serde_json::Value) -> Summary {
         unknown_outcomes: n("unknown_outcomes"),
         redelivered_resent: n("redelivered_resent"),
         publish_failures: n("publish_failures"),
+        uncertain_publishes: n("uncertain_publishes"),
         requeued: n("requeued"),
         broker_sessions: n("broker_sessions"),
     }
