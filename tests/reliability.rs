@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use apns_worker::mock::{Faults, MockConfig, RandomAnswer, TokenRule};
 use common::broker::{self, Got};
-use common::process::{WorkerProcess, write_config};
+use common::process::{ChildConfig, WorkerProcess, write_config};
 use common::proxy::Proxy;
 use common::*;
 use serde_json::json;
@@ -385,4 +385,265 @@ async fn chaos_reconciliation() {
         s.redelivered_resent
     );
     broker::delete_topology(&conn, &q, &cfg.retry).await;
+}
+
+struct Child {
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+fn child_config(
+    m: &Mock,
+    name: &str,
+    q: &apns_worker::config::QueueSettings,
+    r: &apns_worker::config::RetrySettings,
+    extra: &str,
+) -> Child {
+    let dir = tempfile::tempdir().unwrap();
+    let key_pem = m.mock.generate_key(TEAM, KEY).unwrap();
+    let endpoint = m.mock.endpoint().to_string();
+    let config = write_config(&ChildConfig {
+        dir: dir.path(),
+        name,
+        broker_url: broker::BROKER,
+        queues: q,
+        retry: r,
+        endpoint: &endpoint,
+        ca: &m.ca,
+        key_pem: &key_pem,
+        extra,
+    });
+    Child { _dir: dir, config }
+}
+
+async fn wait_answered(m: &Mock, at_least: u64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while m.mock.stats().answered < at_least {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "APNs answered only {} of {at_least}",
+            m.mock.stats().answered
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// SIGTERM while thousands of requests are in flight: exit 0 within the drain deadline,
+/// nothing lost, nothing left unacked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_full_load_drains_within_the_deadline() {
+    const N: u64 = 20_000;
+    let m = mock(Faults {
+        latency_ms: 300,
+        ..Faults::default()
+    })
+    .await;
+    let q = broker::topology("sigterm");
+    let r = broker::fast_retry();
+    let child = child_config(&m, "sigterm-worker", &q, &r, "");
+    let conn = broker::connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    apns_worker::worker::amqp::declare_topology(&ch, &q, &r)
+        .await
+        .unwrap();
+    broker::publish_jobs(&conn, &q.jobs, (0..N).map(|i| job_for(i)).collect()).await;
+    let log = child._dir.path().join("worker.log");
+    let p = WorkerProcess::spawn(&child.config, log.clone(), "info");
+    wait_answered(&m, 2_000, Duration::from_secs(60)).await;
+    p.signal("TERM");
+    let (status, summary, took) = p.wait(Duration::from_secs(15)).await;
+    assert!(
+        status.success(),
+        "exit status {status:?}; log: {}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert!(
+        took < Duration::from_secs(5 + 3),
+        "drain deadline 5 s, took {took:?}"
+    );
+    let s = summary.expect("a summary on stdout");
+    // Every job is delivered exactly once or still waiting in the queue.
+    let delivered: BTreeSet<u64> = m
+        .mock
+        .received()
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| index_of(&r.device_token))
+        .collect();
+    let waiting: BTreeSet<u64> = broker::drain_queue(&conn, &q.jobs)
+        .await
+        .iter()
+        .map(|g| g.json()["id"].as_str().unwrap()[1..].parse().unwrap())
+        .collect();
+    assert_eq!(delivered.len() as u64, s.delivered, "{s:?}");
+    assert!(
+        delivered.is_disjoint(&waiting),
+        "a delivered job came back: its ack was not sent"
+    );
+    assert_eq!(
+        delivered.len() + waiting.len(),
+        N as usize,
+        "lost: {}",
+        N as usize - delivered.len() - waiting.len()
+    );
+    eprintln!(
+        "sigterm: exited in {took:?}; {} delivered, {} left in the queue",
+        delivered.len(),
+        waiting.len()
+    );
+    broker::delete_topology(&conn, &q, &r).await;
+}
+
+fn job_for(i: u64) -> String {
+    json!({"id": format!("j{i}"), "device_token": token("0a", i), "topic": TOPIC, "payload": {"aps": {"alert": "hi"}}}).to_string()
+}
+
+/// Three worker processes on one queue; one is killed with SIGKILL, one stopped with
+/// SIGTERM mid-run; every job still ends in its one terminal state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_one_killed_one_terminated() {
+    const N: u64 = 30_000;
+    let m = mock_with(MockConfig {
+        faults: Faults {
+            rules: mixed_rules(),
+            latency_ms: 2,
+            ..Faults::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let q = broker::topology("replicas");
+    let r = broker::fast_retry();
+    let conn = broker::connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    apns_worker::worker::amqp::declare_topology(&ch, &q, &r)
+        .await
+        .unwrap();
+    let children: Vec<Child> = (1..=3)
+        .map(|i| child_config(&m, &format!("replica-{i}"), &q, &r, ""))
+        .collect();
+    let mut procs: Vec<Option<WorkerProcess>> = children
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            Some(WorkerProcess::spawn(
+                &c.config,
+                c._dir.path().join(format!("w{i}.log")),
+                "warn",
+            ))
+        })
+        .collect();
+    broker::publish_jobs(&conn, &q.jobs, (0..N).map(|i| mixed_job(i).0).collect()).await;
+    wait_answered(&m, N * 3 / 10, Duration::from_secs(120)).await;
+    let killed = procs[0].take().unwrap();
+    killed.signal("KILL");
+    let (st, summary, _) = killed.wait(Duration::from_secs(10)).await;
+    assert!(
+        !st.success() && summary.is_none(),
+        "SIGKILL leaves no summary"
+    );
+    wait_answered(&m, N * 6 / 10, Duration::from_secs(120)).await;
+    let termed = procs[1].take().unwrap();
+    termed.signal("TERM");
+    let (st, s2, took) = termed.wait(Duration::from_secs(15)).await;
+    assert!(st.success(), "SIGTERM: clean exit ({took:?})");
+    // The last replica finishes the work: wait until the queues are empty and the mock
+    // has been quiet for a while.
+    let mut queues = vec![q.jobs.clone()];
+    queues.extend(
+        apns_worker::worker::settle::delay_levels(&r)
+            .into_iter()
+            .map(|l| apns_worker::worker::amqp::delay_queue_name(&q, l)),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+    let mut quiet = 0;
+    let mut last = 0;
+    while quiet < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "did not drain");
+        let mut busy = false;
+        for name in &queues {
+            busy |= broker::depth(&conn, name).await > 0;
+        }
+        let answered = m.mock.stats().answered;
+        busy |= answered != last;
+        last = answered;
+        quiet = if busy { 0 } else { quiet + 1 };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let third = procs[2].take().unwrap();
+    third.signal("TERM");
+    let (st, s3, _) = third.wait(Duration::from_secs(15)).await;
+    assert!(st.success());
+    let (s2, s3) = (s2.unwrap(), s3.unwrap());
+    let cleanups = broker::drain_queue(&conn, &q.cleanup_queue).await;
+    let dead = broker::drain_queue(&conn, &q.dead_letter_queue).await;
+    let dups = reconcile(N, &m.mock, &cleanups, &dead);
+    let explained = [&s2, &s3]
+        .iter()
+        .map(|s| s.unknown_outcomes + s.uncertain_publishes + s.redelivered_resent)
+        .sum::<u64>();
+    assert!(
+        dups <= explained,
+        "{dups} duplicates; possible ones counted by the survivors: {explained}"
+    );
+    assert_eq!(broker::depth(&conn, &q.jobs).await, 0);
+    eprintln!(
+        "replicas: duplicates {dups} (the survivors counted {explained} possible: redelivered after the SIGKILL)"
+    );
+    broker::delete_topology(&conn, &q, &r).await;
+}
+
+/// Keys, the broker password and provider tokens never reach logs or check-config.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_logs() {
+    let m = mock(Faults {
+        rules: vec![rule("b400", 400, "BadCollapseId", None)],
+        ..Faults::default()
+    })
+    .await;
+    let q = broker::topology("secrets");
+    let r = broker::fast_retry();
+    let child = child_config(&m, "secrets-worker", &q, &r, "");
+    let key_pem = std::fs::read_to_string(child._dir.path().join("secrets-worker.p8")).unwrap();
+    let key_body: Vec<&str> = key_pem
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    // A broker URL with a password of its own, through an env override.
+    let conn = broker::connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    apns_worker::worker::amqp::declare_topology(&ch, &q, &r)
+        .await
+        .unwrap();
+    broker::publish_jobs(&conn, &q.jobs, vec![job_for(1), mixed_job(1).0]).await;
+    let log = child._dir.path().join("trace.log");
+    let p = WorkerProcess::spawn(&child.config, log.clone(), "trace");
+    wait_answered(&m, 2, Duration::from_secs(30)).await;
+    p.signal("TERM");
+    let (status, _, _) = p.wait(Duration::from_secs(15)).await;
+    assert!(status.success());
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_apns-worker"))
+        .args(["check-config", "-c"])
+        .arg(&child.config)
+        .output()
+        .unwrap();
+    assert!(check.status.success());
+    let logs = std::fs::read_to_string(&log).unwrap();
+    assert!(logs.len() > 10_000, "trace logging produced output");
+    for text in [
+        &logs,
+        &String::from_utf8_lossy(&check.stdout).into_owned(),
+        &String::from_utf8_lossy(&check.stderr).into_owned(),
+    ] {
+        for line in &key_body {
+            assert!(!text.contains(line), "a line of the private key leaked");
+        }
+        assert!(!text.contains("eyJ"), "a JWT leaked");
+        assert!(!text.contains("bearer "), "an authorization header leaked");
+        assert!(
+            !text.contains("guest:guest@"),
+            "the broker URL with its password leaked"
+        );
+    }
+    broker::delete_topology(&conn, &q, &r).await;
 }

@@ -9,18 +9,33 @@ use apns_worker::config::{QueueSettings, RetrySettings};
 use apns_worker::worker::stats::Summary;
 use tokio::process::{Child, Command};
 
-/// Write a worker config for a child process: one token-auth app against the mock.
-pub fn write_config(
-    dir: &Path,
-    name: &str,
-    broker_url: &str,
-    q: &QueueSettings,
-    r: &RetrySettings,
-    endpoint: &str,
-    ca: &Path,
-    key_pem: &str,
-    extra: &str,
-) -> PathBuf {
+/// What a child worker's config file holds: one token-auth app against the mock.
+pub struct ChildConfig<'a> {
+    pub dir: &'a Path,
+    pub name: &'a str,
+    pub broker_url: &'a str,
+    pub queues: &'a QueueSettings,
+    pub retry: &'a RetrySettings,
+    pub endpoint: &'a str,
+    pub ca: &'a Path,
+    pub key_pem: &'a str,
+    /// More TOML appended at the end.
+    pub extra: &'a str,
+}
+
+/// Write the config file; returns its path.
+pub fn write_config(c: &ChildConfig<'_>) -> PathBuf {
+    let ChildConfig {
+        dir,
+        name,
+        broker_url,
+        queues: q,
+        retry: r,
+        endpoint,
+        ca,
+        key_pem,
+        extra,
+    } = *c;
     let key = dir.join(format!("{name}.p8"));
     std::fs::write(&key, key_pem).unwrap();
     let text = format!(
