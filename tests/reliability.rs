@@ -446,7 +446,7 @@ async fn sigterm_during_full_load_drains_within_the_deadline() {
     apns_worker::worker::amqp::declare_topology(&ch, &q, &r)
         .await
         .unwrap();
-    broker::publish_jobs(&conn, &q.jobs, (0..N).map(|i| job_for(i)).collect()).await;
+    broker::publish_jobs(&conn, &q.jobs, (0..N).map(job_for).collect()).await;
     let log = child._dir.path().join("worker.log");
     let p = WorkerProcess::spawn(&child.config, log.clone(), "info");
     wait_answered(&m, 2_000, Duration::from_secs(60)).await;
