@@ -44,6 +44,7 @@ pub struct Config {
     pub retry: RetrySettings,
     pub worker: WorkerSettings,
     pub circuit: CircuitSettings,
+    pub admin: AdminSettings,
     pub apns: ApnsSettings,
     /// Credentials profiles by name. A job names one with `app`, or the app whose
     /// `topics` match the job's topic is used.
@@ -235,6 +236,36 @@ impl Default for WorkerSettings {
             max_job_bytes: 64 * 1024,
             dedupe_capacity: 200_000,
         }
+    }
+}
+
+/// The admin HTTP endpoint (/healthz, /readyz, /metrics).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address to listen on; empty: no admin endpoint.
+    pub listen: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: "0.0.0.0:9090".into(),
+        }
+    }
+}
+
+impl AdminSettings {
+    pub fn addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            invalid(format!(
+                "admin.listen {:?} is not an address like 0.0.0.0:9090",
+                self.listen
+            ))
+        })
     }
 }
 
@@ -611,6 +642,7 @@ impl Config {
         if w.max_job_bytes < 1024 {
             return Err(invalid("worker.max_job_bytes must be at least 1024"));
         }
+        self.admin.addr()?;
         if self.circuit.open_ms == 0 || self.circuit.max_open_ms < self.circuit.open_ms {
             return Err(invalid(
                 "circuit.open_ms must be above 0 and at most circuit.max_open_ms",

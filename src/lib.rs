@@ -2,10 +2,12 @@
 //!
 //! See `ARCHITECTURE.md` for the map of this crate.
 
+pub mod admin;
 pub mod apns;
 pub mod check;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod mock;
 pub mod publish;
 pub mod secret;

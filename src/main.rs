@@ -127,16 +127,16 @@ fn parse_env_kind(s: &str) -> Result<EndpointKind, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    // The demo prints its own story; its logs would drown it.
-    match cli.command {
-        Command::Demo { .. } => apns_worker::telemetry::init_logging_with("error"),
-        _ => apns_worker::telemetry::init_logging(),
-    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("tokio runtime");
     let result: Result<(), String> = rt.block_on(async move {
+        // The demo prints its own story; its logs would drown it.
+        let _telemetry = match cli.command {
+            Command::Demo { .. } => apns_worker::telemetry::init_logging_with("error"),
+            _ => apns_worker::telemetry::init_logging(),
+        };
         match cli.command {
             Command::Demo { broker, jobs } => apns_worker::demo::run(&broker, jobs)
                 .await

@@ -1,17 +1,66 @@
-//! Logging setup: `tracing` with JSON lines when stdout is not a terminal (containers)
-//! and human-readable lines on a terminal; the level comes from `RUST_LOG`
-//! (default `info`). `APNS_WORKER_LOG_FORMAT=json|text` overrides the choice.
+//! Logs and traces.
+//!
+//! Logs: `tracing`, JSON lines when stdout is not a terminal (containers), human lines
+//! on a terminal; `APNS_WORKER_LOG_FORMAT=json|text` overrides; the level comes from
+//! `RUST_LOG`.
+//!
+//! Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set and
+//! `OTEL_SDK_DISABLED` is not `true`, spans are exported over OTLP/gRPC (the standard
+//! `OTEL_*` variables apply: service name, headers, timeout, sampler). Each job gets one
+//! span, a child of the W3C `traceparent` its producer put in the AMQP headers.
+//! Otherwise no job span is created at all.
 
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use opentelemetry::propagation::Extractor;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
-pub fn init_logging() {
-    init_logging_with("info");
+static JOB_SPANS: AtomicBool = AtomicBool::new(false);
+
+/// Are job spans wanted (a trace exporter is installed)?
+pub fn job_spans() -> bool {
+    JOB_SPANS.load(Ordering::Relaxed)
 }
 
-/// As [`init_logging`], with another level when `RUST_LOG` is not set.
-pub fn init_logging_with(default_level: &str) {
+/// Turn job spans on or off (tests install their own exporter).
+pub fn set_job_spans(on: bool) {
+    JOB_SPANS.store(on, Ordering::Relaxed);
+}
+
+/// Flushes and stops the trace exporter when dropped.
+#[derive(Default)]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        if let Some(p) = self.provider.take() {
+            let _ = p.shutdown();
+        }
+    }
+}
+
+fn otlp_wanted() -> bool {
+    let set = |k: &str| std::env::var(k).map(|v| !v.is_empty()).unwrap_or(false);
+    let disabled = std::env::var("OTEL_SDK_DISABLED")
+        .map(|v| v.eq_ignore_ascii_case("true"))
+        .unwrap_or(false);
+    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+}
+
+pub fn init_logging() -> Telemetry {
+    init_logging_with("info")
+}
+
+/// As [`init_logging`], with another level when `RUST_LOG` is not set. Call it inside
+/// the Tokio runtime (the OTLP exporter needs one).
+pub fn init_logging_with(default_level: &str) -> Telemetry {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
     let json = match std::env::var("APNS_WORKER_LOG_FORMAT").as_deref() {
@@ -19,12 +68,93 @@ pub fn init_logging_with(default_level: &str) {
         Ok("text") => false,
         _ => !std::io::stdout().is_terminal(),
     };
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
+    let json_layer = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_writer(std::io::stderr)
+    });
+    let text_layer = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
+    let mut telemetry = Telemetry::default();
+    let otel_layer = if otlp_wanted() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => {
+                let provider = SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(
+                        opentelemetry_sdk::Resource::builder()
+                            .with_service_name(
+                                std::env::var("OTEL_SERVICE_NAME")
+                                    .unwrap_or_else(|_| "apns-worker".into()),
+                            )
+                            .build(),
+                    )
+                    .build();
+                let layer =
+                    tracing_opentelemetry::layer().with_tracer(provider.tracer("apns-worker"));
+                telemetry.provider = Some(provider);
+                Some(layer)
+            }
+            Err(e) => {
+                eprintln!("OTLP trace exporter not started: {e}");
+                None
+            }
+        }
     } else {
-        builder.try_init()
+        None
     };
+    set_job_spans(otel_layer.is_some());
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(json_layer)
+        .with(text_layer)
+        .with(otel_layer)
+        .try_init();
+    telemetry
+}
+
+/// Reads W3C trace context from AMQP headers.
+pub struct HeaderExtractor<'a>(pub Vec<(&'a str, &'a str)>);
+
+impl Extractor for HeaderExtractor<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| *v)
+    }
+    fn keys(&self) -> Vec<&str> {
+        self.0.iter().map(|(k, _)| *k).collect()
+    }
+}
+
+/// The trace id of a `traceparent` value, for log lines (`00-<trace id>-<span id>-<flags>`).
+pub fn trace_id_of(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let _version = parts.next()?;
+    let id = parts.next()?;
+    (id.len() == 32 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_from_traceparent() {
+        assert_eq!(
+            trace_id_of("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            Some("0af7651916cd43dd8448eb211c80319c")
+        );
+        assert_eq!(trace_id_of("garbage"), None);
+        assert_eq!(trace_id_of("00-xyz-b7ad6b7169203331-01"), None);
+    }
 }

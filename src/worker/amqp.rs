@@ -280,18 +280,24 @@ impl Incoming {
     }
 
     /// A header as a non-negative integer, whatever integer type the producer used.
-    pub fn header_u32(&self, name: &str) -> Option<u32> {
+    pub fn header_u64(&self, name: &str) -> Option<u64> {
         match self.header(name)? {
-            AMQPValue::ShortShortInt(v) => u32::try_from(*v).ok(),
-            AMQPValue::ShortShortUInt(v) => Some(u32::from(*v)),
-            AMQPValue::ShortInt(v) => u32::try_from(*v).ok(),
-            AMQPValue::ShortUInt(v) => Some(u32::from(*v)),
-            AMQPValue::LongInt(v) => u32::try_from(*v).ok(),
-            AMQPValue::LongUInt(v) => Some(*v),
-            AMQPValue::LongLongInt(v) => u32::try_from(*v).ok(),
+            AMQPValue::ShortShortInt(v) => u64::try_from(*v).ok(),
+            AMQPValue::ShortShortUInt(v) => Some(u64::from(*v)),
+            AMQPValue::ShortInt(v) => u64::try_from(*v).ok(),
+            AMQPValue::ShortUInt(v) => Some(u64::from(*v)),
+            AMQPValue::LongInt(v) => u64::try_from(*v).ok(),
+            AMQPValue::LongUInt(v) => Some(u64::from(*v)),
+            AMQPValue::LongLongInt(v) => u64::try_from(*v).ok(),
+            AMQPValue::Timestamp(v) => Some(*v),
             AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok()?.parse().ok(),
             _ => None,
         }
+    }
+
+    /// A header as a u32 (attempt counters).
+    pub fn header_u32(&self, name: &str) -> Option<u32> {
+        self.header_u64(name).and_then(|v| u32::try_from(v).ok())
     }
 
     pub fn header_str(&self, name: &str) -> Option<&str> {
@@ -300,6 +306,29 @@ impl Incoming {
             AMQPValue::ShortString(s) => Some(s.as_str()),
             _ => None,
         }
+    }
+
+    /// The string headers, for trace-context extraction.
+    pub fn text_headers(&self) -> Vec<(&str, &str)> {
+        let Some(h) = self.props.headers().as_ref() else {
+            return Vec::new();
+        };
+        h.inner()
+            .iter()
+            .filter_map(|(k, v)| match v {
+                AMQPValue::LongString(s) => {
+                    Some((k.as_str(), std::str::from_utf8(s.as_bytes()).ok()?))
+                }
+                AMQPValue::ShortString(s) => Some((k.as_str(), s.as_str())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The trace id of the producer's `traceparent` header, for log lines.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.header_str("traceparent")
+            .and_then(crate::telemetry::trace_id_of)
     }
 
     pub fn content_type(&self) -> Option<&str> {

@@ -4,6 +4,7 @@
 pub mod acker;
 pub mod amqp;
 pub mod circuit;
+pub mod health;
 pub mod job;
 pub mod recent;
 pub mod run;

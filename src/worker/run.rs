@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 use super::acker::{Acker, Guard};
 use super::amqp::{self, Consumer, HeaderValue, Incoming, PublishError, Publisher};
 use super::circuit::{Circuit, Gate};
+use super::health::Health;
 use super::job::{self, AppDirectory, Envelope, Job};
 use super::recent::{Key, Recent};
 use super::settle::{self, AckKind, Settlement};
@@ -33,15 +34,8 @@ pub enum RunError {
     Client(#[from] ClientError),
     #[error(transparent)]
     Config(#[from] crate::config::ConfigError),
-}
-
-/// What health and readiness report (served by the admin endpoint).
-#[derive(Debug, Default)]
-pub struct Health {
-    pub broker_connected: AtomicBool,
-    pub consuming: AtomicBool,
-    /// Deliveries being processed now (all sessions).
-    pub in_flight: std::sync::atomic::AtomicUsize,
+    #[error(transparent)]
+    Admin(#[from] crate::admin::AdminError),
 }
 
 /// Shared by every delivery task.
@@ -53,6 +47,7 @@ pub struct Worker {
     pub stats: Stats,
     pub recent: Recent,
     pub health: Health,
+    pub metrics: crate::metrics::Metrics,
 }
 
 impl Worker {
@@ -78,6 +73,7 @@ impl Worker {
             circuits,
             stats: Stats::default(),
             health: Health::default(),
+            metrics: crate::metrics::Metrics::default(),
             cfg,
         }))
     }
@@ -97,7 +93,17 @@ impl Worker {
 /// Run until `shutdown` resolves; then drain, requeue what is left, and return the summary.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
     let worker = Worker::start(cfg, Arc::new(SystemClock))?;
-    Ok(serve(worker, shutdown).await)
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    if let Some(addr) = worker.cfg.admin.addr()? {
+        let (_, admin) = crate::admin::bind(addr, worker.clone(), async move {
+            let _ = admin_stopped.await;
+        })
+        .await?;
+        tokio::spawn(admin);
+    }
+    let summary = serve(worker, shutdown).await;
+    let _ = stop_admin.send(());
+    Ok(summary)
 }
 
 /// A session that lasted this long resets the reconnect backoff.
@@ -334,8 +340,47 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// One delivery, from bytes to settlement.
+/// One delivery, from bytes to settlement; inside a job span when traces are exported.
 async fn process(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guard) {
+    if crate::telemetry::job_spans() {
+        let span = job_span(&w, &inc);
+        tracing::Instrument::instrument(process_job(w, s, inc, guard), span).await
+    } else {
+        process_job(w, s, inc, guard).await
+    }
+}
+
+/// The job's span, a child of the producer's `traceparent`, with OpenTelemetry's
+/// messaging attributes; the APNs result is recorded on it as it becomes known.
+fn job_span(w: &Worker, inc: &Incoming) -> tracing::Span {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let span = tracing::info_span!(
+        "process job",
+        otel.name = %format!("{} process", w.cfg.queues.jobs),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.destination.name = %w.cfg.queues.jobs,
+        messaging.operation.type = "process",
+        messaging.message.id = inc.message_id().unwrap_or(""),
+        messaging.rabbitmq.message.delivery_tag = inc.tag,
+        trace_id = tracing::field::Empty,
+        apns.app = tracing::field::Empty,
+        apns.id = tracing::field::Empty,
+        apns.attempt = tracing::field::Empty,
+        apns.status = tracing::field::Empty,
+        apns.reason = tracing::field::Empty,
+        apns.outcome = tracing::field::Empty,
+    );
+    let headers = crate::telemetry::HeaderExtractor(inc.text_headers());
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&headers));
+    let _ = span.set_parent(parent);
+    use opentelemetry::trace::TraceContextExt;
+    let trace_id = span.context().span().span_context().trace_id().to_string();
+    span.record("trace_id", trace_id.as_str());
+    span
+}
+
+async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guard) {
     let _in_flight = InFlight::new(&w.health.in_flight);
     let attempts_before = inc.header_u32("x-attempts").unwrap_or(0);
     let hop = inc.header_u32("x-apns-hop").unwrap_or(0);
@@ -347,7 +392,13 @@ async fn process(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guard) {
     let decoded = job::decode(&inc.body, &env, &w.apps, w.cfg.worker.max_job_bytes);
     let settlement = match &decoded {
         Err(e) => {
-            tracing::warn!(error = %e, attempts = attempts_before, "invalid job; dead-lettering");
+            tracing::warn!(
+                error = %e,
+                attempts = attempts_before,
+                message_id = inc.message_id().unwrap_or(""),
+                trace_id = inc.trace_id().unwrap_or(""),
+                "invalid job; dead-lettering"
+            );
             settle::invalid_job(&e.to_string(), attempts_before)
         }
         Ok(job) => decide_job(&w, &inc, job, attempts_before, hop).await,
@@ -407,11 +458,24 @@ async fn decide_job(
     if inc.redelivered {
         Stats::inc(&w.stats.redelivered_resent);
     }
+    let started = Instant::now();
     let sent = w.client.send(&job.app, n).await;
     let outcome = match &sent {
         Ok(d) => d.outcome.clone(),
         Err(e) => e.outcome(),
     };
+    let status = match (&sent, &outcome) {
+        (Ok(d), _) => d.response.status.to_string(),
+        (Err(_), Outcome::RetryLater(RetryCause::NotSent(_))) => "not_sent".into(),
+        (Err(_), _) => "unknown".into(),
+    };
+    w.metrics
+        .send_duration
+        .get_or_create(&crate::metrics::SendLabels {
+            app: job.app.clone(),
+            status,
+        })
+        .observe(started.elapsed().as_secs_f64());
     {
         let mut c = circuit.lock().expect("circuit lock");
         match &outcome {
@@ -433,6 +497,18 @@ async fn decide_job(
     if matches!(outcome, Outcome::RetryLater(RetryCause::Unknown(_))) {
         Stats::inc(&w.stats.unknown_outcomes);
     }
+    let span = tracing::Span::current();
+    if !span.is_disabled() {
+        span.record("apns.app", job.app.as_str());
+        span.record("apns.id", apns_id.to_string().as_str());
+        span.record("apns.attempt", attempts_before + 1);
+        if let Ok(d) = &sent {
+            span.record("apns.status", d.response.status);
+            if let Some(r) = &d.response.reason {
+                span.record("apns.reason", r.as_str());
+            }
+        }
+    }
     if !matches!(outcome, Outcome::Delivered) {
         let status = sent.as_ref().ok().map(|d| d.response.status);
         tracing::info!(
@@ -442,6 +518,7 @@ async fn decide_job(
             status = status.unwrap_or(0),
             outcome = ?outcome,
             attempt = attempts_before + 1,
+            trace_id = inc.trace_id().unwrap_or(""),
             "notification not delivered"
         );
     }
@@ -540,20 +617,51 @@ async fn execute(
             if let Some(apns_id) = job.and_then(|j| j.apns_id()) {
                 w.recent.mark_settled(&Key { apns_id, hop });
             }
-            match &settlement {
-                Settlement::Ack(AckKind::Delivered) => Stats::inc(&st.delivered),
-                Settlement::Ack(AckKind::Expired) => Stats::inc(&st.expired),
-                Settlement::Ack(AckKind::AlreadySettled) => Stats::inc(&st.already_settled),
-                Settlement::Cleanup(_) => Stats::inc(&st.token_cleanups),
-                Settlement::DeadLetter(dl) => st.dead_letter(&dl.reason),
-                Settlement::Retry { .. } => Stats::inc(&st.retried),
-                Settlement::Park { .. } => Stats::inc(&st.parked),
+            let (counter, outcome, reason) = match &settlement {
+                Settlement::Ack(AckKind::Delivered) => (&st.delivered, "delivered", ""),
+                Settlement::Ack(AckKind::Expired) => (&st.expired, "expired", ""),
+                Settlement::Ack(AckKind::AlreadySettled) => {
+                    (&st.already_settled, "already_settled", "")
+                }
+                Settlement::Cleanup(ev) => {
+                    (&st.token_cleanups, "token_cleanup", ev.reason.as_str())
+                }
+                Settlement::DeadLetter(dl) => {
+                    st.dead_letter(&dl.reason);
+                    w.metrics
+                        .dead_letters
+                        .get_or_create(&crate::metrics::ReasonLabels {
+                            reason: dl.reason.clone(),
+                        })
+                        .inc();
+                    (&st.dead_lettered_any, "dead_letter", dl.reason.as_str())
+                }
+                Settlement::Retry { reason, .. } => (&st.retried, "retry", reason.as_str()),
+                Settlement::Park { reason, .. } => (&st.parked, "park", reason.as_str()),
+            };
+            Stats::inc(counter);
+            w.metrics
+                .job(job.map(|j| j.app.as_str()).unwrap_or(""), outcome, reason);
+            tracing::Span::current().record("apns.outcome", outcome);
+            if let Some(ms) = published_at_ms(inc) {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .map(|d| d.as_millis() as u64)
+                    .unwrap_or(0);
+                w.metrics
+                    .end_to_end
+                    .observe(now.saturating_sub(ms) as f64 / 1000.0);
             }
             guard.ack();
         }
         Err(e) => {
             Stats::inc(&st.publish_failures);
             Stats::inc(&st.requeued);
+            w.metrics.job(
+                job.map(|j| j.app.as_str()).unwrap_or(""),
+                "requeued",
+                "PublishFailed",
+            );
             if matches!(e, PublishError::Channel(_)) {
                 // The broker may have taken it before the channel died.
                 Stats::inc(&st.uncertain_publishes);
@@ -565,6 +673,13 @@ async fn execute(
             guard.requeue();
         }
     }
+}
+
+/// When the job was published, in ms since the epoch: the producer's
+/// `x-published-at-ms` header, else the AMQP timestamp (whole seconds).
+fn published_at_ms(inc: &Incoming) -> Option<u64> {
+    inc.header_u64("x-published-at-ms")
+        .or_else(|| inc.timestamp().map(|s| s * 1000))
 }
 
 /// A confirmed publish, tried up to three times while the channel is healthy.

@@ -30,6 +30,8 @@ pub struct Stats {
     pub uncertain_publishes: AtomicU64,
     pub requeued: AtomicU64,
     pub broker_sessions: AtomicU64,
+    /// Every dead letter (also counted by reason).
+    pub dead_lettered_any: AtomicU64,
     dead_letters: Mutex<BTreeMap<String, u64>>,
 }
 

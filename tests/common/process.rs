@@ -64,6 +64,9 @@ park_delay_ms = {pd}
 [worker]
 drain_secs = 5
 
+[admin]
+listen = "127.0.0.1:0"
+
 [apns]
 request_timeout_ms = 2000
 send_timeout_ms = 5000

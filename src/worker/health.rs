@@ -1,0 +1,182 @@
+//! What health, readiness and the metrics snapshot report: broker state, in-flight
+//! deliveries, and, read at scrape time, connections, stream limits, provider-token
+//! ages and circuit states.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use crate::metrics::{Sample, Snapshot};
+use crate::worker::circuit::State;
+use crate::worker::run::Worker;
+
+#[derive(Debug, Default)]
+pub struct Health {
+    pub broker_connected: AtomicBool,
+    pub consuming: AtomicBool,
+    /// Deliveries being processed now (all sessions).
+    pub in_flight: AtomicUsize,
+}
+
+fn gauge(name: &'static str, help: &'static str, samples: Vec<Sample>) -> Snapshot {
+    Snapshot {
+        name,
+        help,
+        samples,
+    }
+}
+
+/// The values read at scrape time.
+pub fn snapshot(w: &Worker) -> Vec<Snapshot> {
+    let (mut in_flight, mut limits, mut open, mut connects, mut failures, mut goaways, mut lost) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut token_age = vec![];
+    for app in w.client.apps() {
+        for pool in app.pools() {
+            let scope = pool
+                .name()
+                .split_once('/')
+                .map(|(_, s)| s.to_string())
+                .unwrap_or_default();
+            let base = || vec![("app", app.name().to_string()), ("scope", scope.clone())];
+            let info = pool.connection_info();
+            for c in &info {
+                let mut l = base();
+                l.push(("connection", c.id.to_string()));
+                in_flight.push(Sample::Gauge(l.clone(), c.in_flight as i64));
+                limits.push(Sample::Gauge(l, c.stream_limit as i64));
+            }
+            open.push(Sample::Gauge(base(), info.len() as i64));
+            let st = &pool.stats;
+            connects.push(Sample::Counter(base(), st.connects.load(Ordering::Relaxed)));
+            failures.push(Sample::Counter(
+                base(),
+                st.connect_failures.load(Ordering::Relaxed),
+            ));
+            goaways.push(Sample::Counter(base(), st.goaways.load(Ordering::Relaxed)));
+            lost.push(Sample::Counter(
+                base(),
+                st.closed_unexpectedly.load(Ordering::Relaxed),
+            ));
+        }
+        for (key_id, age) in app.token_ages() {
+            token_age.push(Sample::Gauge(
+                vec![("app", app.name().to_string()), ("key_id", key_id)],
+                age as i64,
+            ));
+        }
+    }
+    let (mut paused, mut trips) = (vec![], vec![]);
+    for (app, c) in &w.circuits {
+        let c = c.lock().expect("circuit lock");
+        let state = match c.state() {
+            State::Closed => 0,
+            State::HalfOpen => 1,
+            State::Open { .. } => 2,
+        };
+        paused.push(Sample::Gauge(vec![("app", app.clone())], state));
+        trips.push(Sample::Counter(vec![("app", app.clone())], c.trips));
+    }
+    let h = &w.health;
+    let s = w.stats.summary();
+    let one = |v: bool| vec![Sample::Gauge(vec![], v as i64)];
+    let count = |v: u64| vec![Sample::Counter(vec![], v)];
+    vec![
+        gauge(
+            "apns_worker_apns_streams_in_flight",
+            "Streams in flight per APNs connection",
+            in_flight,
+        ),
+        gauge(
+            "apns_worker_apns_stream_limit",
+            "Concurrent streams the connection allows now (the server's SETTINGS, capped by max_streams_per_connection)",
+            limits,
+        ),
+        gauge(
+            "apns_worker_apns_connections_open",
+            "Open APNs connections per app and credentials scope",
+            open,
+        ),
+        gauge(
+            "apns_worker_apns_connects",
+            "APNs connections opened",
+            connects,
+        ),
+        gauge(
+            "apns_worker_apns_connect_failures",
+            "Failed attempts to connect to APNs",
+            failures,
+        ),
+        gauge(
+            "apns_worker_apns_goaways",
+            "APNs connections ended by a GOAWAY",
+            goaways,
+        ),
+        gauge(
+            "apns_worker_apns_connections_lost",
+            "APNs connections that died (PING unanswered, reset, I/O error)",
+            lost,
+        ),
+        gauge(
+            "apns_worker_provider_token_age_seconds",
+            "Age of the provider token (JWT) in use, per key",
+            token_age,
+        ),
+        gauge(
+            "apns_worker_app_circuit_state",
+            "Per-app circuit for broken credentials: 0 closed, 1 probing, 2 open (paused)",
+            paused,
+        ),
+        gauge(
+            "apns_worker_app_circuit_trips",
+            "Times an app was paused for broken credentials",
+            trips,
+        ),
+        gauge(
+            "apns_worker_broker_connected",
+            "1 when connected to RabbitMQ",
+            one(h.broker_connected.load(Ordering::Relaxed)),
+        ),
+        gauge(
+            "apns_worker_consuming",
+            "1 when consuming the jobs queue",
+            one(h.consuming.load(Ordering::Relaxed)),
+        ),
+        gauge(
+            "apns_worker_deliveries_in_flight",
+            "Deliveries being processed (bounded by the prefetch)",
+            vec![Sample::Gauge(
+                vec![],
+                h.in_flight.load(Ordering::Relaxed) as i64,
+            )],
+        ),
+        gauge(
+            "apns_worker_prefetch",
+            "Configured consumer prefetch (unacked deliveries at once)",
+            vec![Sample::Gauge(vec![], i64::from(w.cfg.broker.prefetch))],
+        ),
+        gauge(
+            "apns_worker_broker_sessions",
+            "Broker sessions started (1 plus reconnects)",
+            count(s.broker_sessions),
+        ),
+        gauge(
+            "apns_worker_unknown_outcomes",
+            "Sends whose answer was lost (possibly delivered twice)",
+            count(s.unknown_outcomes),
+        ),
+        gauge(
+            "apns_worker_redelivered_resent",
+            "Redelivered jobs with no remembered outcome, sent again (possibly twice)",
+            count(s.redelivered_resent),
+        ),
+        gauge(
+            "apns_worker_publish_failures",
+            "Settlement publishes that failed; the job was requeued",
+            count(s.publish_failures),
+        ),
+        gauge(
+            "apns_worker_uncertain_publishes",
+            "Settlement publishes lost with their channel (may exist twice)",
+            count(s.uncertain_publishes),
+        ),
+    ]
+}
