@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The project's test command (README: "Run the tests"). Unit tables, the client and
-# mock components, and the end-to-end tests against RabbitMQ at 127.0.0.1:5672.
-# Release mode: the reconciliation and chaos tests move tens of thousands of jobs.
+# mock components, end-to-end and reliability tests against RabbitMQ at 127.0.0.1:5672,
+# the examples, and the deployment files (Helm chart, compose file, Dockerfile) checked
+# with offline validators that ops/install-tools.sh puts in .tools/.
+# Release mode: the reconciliation and chaos tests move over 100,000 jobs.
 set -euo pipefail
 cd "$(dirname "$0")"
+./ops/install-tools.sh
 exec cargo test --release --all-targets "$@"

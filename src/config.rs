@@ -234,7 +234,7 @@ impl Default for WorkerSettings {
             ack_flush_ms: 10,
             drain_secs: 25,
             max_job_bytes: 64 * 1024,
-            dedupe_capacity: 200_000,
+            dedupe_capacity: 100_000,
         }
     }
 }
@@ -492,28 +492,12 @@ impl AppConfig {
                 let key = one_source(&at("certificate.key"), &c.key_file, &c.key)?;
                 match (p12, cert, key) {
                     (Some(file), None, None) => {
-                        let password = match (&c.password, &c.password_file) {
-                            (Some(_), Some(_)) => {
-                                return Err(invalid(format!(
-                                    "{}: give password or password_file, not both",
-                                    at("certificate")
-                                )));
-                            }
-                            (Some(p), None) => p.clone(),
-                            (None, Some(f)) => {
-                                let raw = SecretSource::File(f.clone()).load().map_err(|e| {
-                                    invalid(format!("{}: {e}", at("certificate.password_file")))
-                                })?;
-                                let s = String::from_utf8(raw.expose().clone()).map_err(|_| {
-                                    invalid(format!(
-                                        "{}: not UTF-8",
-                                        at("certificate.password_file")
-                                    ))
-                                })?;
-                                Secret::new(s.trim_end_matches(['\r', '\n']).to_string())
-                            }
-                            (None, None) => Secret::new(String::new()),
-                        };
+                        let password = one_source(
+                            &at("certificate.password"),
+                            &c.password_file,
+                            &c.password,
+                        )?
+                        .unwrap_or(SecretSource::Value(Secret::new(String::new())));
                         Ok(AuthSpec::Certificate(IdentitySource::Pkcs12 {
                             file: SecretSource::File(file),
                             password,

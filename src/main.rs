@@ -79,8 +79,12 @@ enum Command {
         config: Option<PathBuf>,
         /// Also try each app's credentials against its endpoint (one request to a
         /// device token that cannot exist; nothing is delivered).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "static_only")]
         probe: bool,
+        /// Only parse and check the settings; do not read the key, certificate and CA
+        /// files (for CI, where the secrets are not mounted).
+        #[arg(long = "static")]
+        static_only: bool,
     },
     /// Run a mock APNs server (HTTP/2 + TLS) for tests, demos and benchmarks.
     MockApns {
@@ -205,9 +209,18 @@ fn main() -> ExitCode {
                 eprintln!("published {n} job(s) to {queue}");
                 Ok(())
             }
-            Command::CheckConfig { config, probe } => {
+            Command::CheckConfig {
+                config,
+                probe,
+                static_only,
+            } => {
                 let cfg =
                     Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+                if static_only {
+                    println!("{}", toml::to_string_pretty(&cfg).map_err(|e| e.to_string())?);
+                    eprintln!("configuration parses: {} app(s) (files not read)", cfg.apps.len());
+                    return Ok(());
+                }
                 apns_worker::check::print_effective(&cfg).map_err(|e| e.to_string())?;
                 if probe {
                     match apns_worker::check::probe(&cfg).await {
@@ -257,5 +270,16 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
 }

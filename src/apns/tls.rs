@@ -44,7 +44,8 @@ pub enum IdentitySource {
     },
     Pkcs12 {
         file: SecretSource,
-        password: Secret<String>,
+        /// Read when the identity is loaded; a trailing newline of a file is dropped.
+        password: SecretSource,
     },
 }
 
@@ -81,9 +82,15 @@ impl IdentitySource {
             }
             IdentitySource::Pkcs12 { file, password } => {
                 let data = file.load()?;
+                let raw = password.load()?;
+                let pw = String::from_utf8(raw.expose().clone()).map_err(|_| TlsError::Pkcs12 {
+                    source_name: file.describe(),
+                    reason: format!("the password ({}) is not UTF-8", password.describe()),
+                })?;
+                let pw = Secret::new(pw.trim_end_matches(['\r', '\n']).to_string());
                 let store = p12_keystore::KeyStore::from_pkcs12(
                     data.expose(),
-                    password.expose(),
+                    pw.expose(),
                     p12_keystore::Pkcs12ImportPolicy::Relaxed,
                 )
                 .map_err(|e| TlsError::Pkcs12 {
@@ -187,7 +194,7 @@ mod tests {
         assert!(matches!(id.load(), Err(TlsError::NoCertificate { .. })));
         let id = IdentitySource::Pkcs12 {
             file: SecretSource::File(empty),
-            password: Secret::new("pw".into()),
+            password: SecretSource::Value(Secret::new("pw".into())),
         };
         let e = id.load().err().expect("not pkcs12");
         assert!(matches!(e, TlsError::Pkcs12 { .. }), "{e}");
@@ -215,13 +222,13 @@ mod tests {
         std::fs::write(&path, p12).unwrap();
         let src = IdentitySource::Pkcs12 {
             file: SecretSource::File(path.clone()),
-            password: Secret::new("secret".into()),
+            password: SecretSource::Value(Secret::new("secret".into())),
         };
         let id = src.load().unwrap();
         assert_eq!(id.chain[0].as_ref(), cert.der().as_ref());
         let wrong = IdentitySource::Pkcs12 {
             file: SecretSource::File(path),
-            password: Secret::new("wrong".into()),
+            password: SecretSource::Value(Secret::new("wrong".into())),
         };
         assert!(matches!(wrong.load(), Err(TlsError::Pkcs12 { .. })));
     }

@@ -184,3 +184,4 @@ pub fn worker_config(
 }
 pub mod process;
 pub mod proxy;
+pub mod tools;
