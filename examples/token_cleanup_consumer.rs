@@ -84,13 +84,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 // Try again later (the broker redelivers).
                 Err(e) => {
                     eprintln!("removing {} failed: {e}", &ev.device_token[..8]);
-                    d.nack(BasicNackOptions { requeue: true, multiple: false }).await?;
+                    d.nack(BasicNackOptions {
+                        requeue: true,
+                        multiple: false,
+                    })
+                    .await?;
                 }
             },
             // Not an event of this contract: keep it out of the way, do not loop on it.
             Err(e) => {
                 eprintln!("not a token cleanup event: {e}");
-                d.nack(BasicNackOptions { requeue: false, multiple: false }).await?;
+                d.nack(BasicNackOptions {
+                    requeue: false,
+                    multiple: false,
+                })
+                .await?;
             }
         }
         done += 1;

@@ -492,12 +492,9 @@ impl AppConfig {
                 let key = one_source(&at("certificate.key"), &c.key_file, &c.key)?;
                 match (p12, cert, key) {
                     (Some(file), None, None) => {
-                        let password = one_source(
-                            &at("certificate.password"),
-                            &c.password_file,
-                            &c.password,
-                        )?
-                        .unwrap_or(SecretSource::Value(Secret::new(String::new())));
+                        let password =
+                            one_source(&at("certificate.password"), &c.password_file, &c.password)?
+                                .unwrap_or(SecretSource::Value(Secret::new(String::new())));
                         Ok(AuthSpec::Certificate(IdentitySource::Pkcs12 {
                             file: SecretSource::File(file),
                             password,

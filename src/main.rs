@@ -217,8 +217,14 @@ fn main() -> ExitCode {
                 let cfg =
                     Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
                 if static_only {
-                    println!("{}", toml::to_string_pretty(&cfg).map_err(|e| e.to_string())?);
-                    eprintln!("configuration parses: {} app(s) (files not read)", cfg.apps.len());
+                    println!(
+                        "{}",
+                        toml::to_string_pretty(&cfg).map_err(|e| e.to_string())?
+                    );
+                    eprintln!(
+                        "configuration parses: {} app(s) (files not read)",
+                        cfg.apps.len()
+                    );
                     return Ok(());
                 }
                 apns_worker::check::print_effective(&cfg).map_err(|e| e.to_string())?;

@@ -12,9 +12,12 @@ use serde_json::Value;
 
 fn render(values: &[&str], set: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(tools::helm());
-    cmd.arg("template").arg("apns").arg(root().join("helm/apns-worker"));
+    cmd.arg("template")
+        .arg("apns")
+        .arg(root().join("helm/apns-worker"));
     for v in values {
-        cmd.arg("-f").arg(root().join("helm/apns-worker/ci").join(v));
+        cmd.arg("-f")
+            .arg(root().join("helm/apns-worker/ci").join(v));
     }
     for s in set {
         cmd.arg("--set").arg(s);
@@ -37,17 +40,28 @@ fn the_helm_chart_lints_renders_and_validates() {
         }
         tools::run_ok(&mut lint);
         let out = render(&values, &[]);
-        assert!(out.status.success(), "{values:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{values:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = String::from_utf8(out.stdout).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("manifests.yaml");
         std::fs::write(&file, &text).unwrap();
-        let report = tools::run_ok(Command::new(tools::venv_bin("kubernetes-validate")).args(["--strict", "-k", "1.30.0"]).arg(&file));
+        let report = tools::run_ok(
+            Command::new(tools::venv_bin("kubernetes-validate"))
+                .args(["--strict", "-k", "1.30.0"])
+                .arg(&file),
+        );
         assert!(!report.contains("ERROR"), "{report}");
 
         let docs = tools::yaml_docs(&text);
-        let config = kind(&docs, "ConfigMap").unwrap()["data"]["config.toml"].as_str().unwrap();
-        let cfg = Config::from_toml(config, "rendered ConfigMap").unwrap_or_else(|e| panic!("{values:?}: {e}\n{config}"));
+        let config = kind(&docs, "ConfigMap").unwrap()["data"]["config.toml"]
+            .as_str()
+            .unwrap();
+        let cfg = Config::from_toml(config, "rendered ConfigMap")
+            .unwrap_or_else(|e| panic!("{values:?}: {e}\n{config}"));
         let d = kind(&docs, "Deployment").unwrap();
         let pod = &d["spec"]["template"]["spec"];
         let c = &pod["containers"][0];
@@ -57,7 +71,14 @@ fn the_helm_chart_lints_renders_and_validates() {
         assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
         assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
         assert!(pod["terminationGracePeriodSeconds"].as_u64().unwrap() > cfg.worker.drain_secs);
-        assert!(c["env"].as_array().unwrap().iter().any(|e| e["name"] == "APNS_WORKER__BROKER__URL" && e["valueFrom"]["secretKeyRef"].is_object()));
+        assert!(
+            c["env"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["name"] == "APNS_WORKER__BROKER__URL"
+                    && e["valueFrom"]["secretKeyRef"].is_object())
+        );
         assert!(kind(&docs, "Service").is_some());
         assert!(kind(&docs, "PodDisruptionBudget").is_some());
         // Every key and certificate file the config names is mounted from its Secret.
@@ -66,12 +87,27 @@ fn the_helm_chart_lints_renders_and_validates() {
                 .keys
                 .iter()
                 .filter_map(|k| k.key_file.clone())
-                .chain(app.certificate.iter().flat_map(|c| [c.pkcs12_file.clone(), c.cert_file.clone(), c.key_file.clone()]).flatten())
+                .chain(
+                    app.certificate
+                        .iter()
+                        .flat_map(|c| {
+                            [
+                                c.pkcs12_file.clone(),
+                                c.cert_file.clone(),
+                                c.key_file.clone(),
+                            ]
+                        })
+                        .flatten(),
+                )
                 .map(|p| p.display().to_string())
                 .collect();
             for f in files {
                 assert!(
-                    c["volumeMounts"].as_array().unwrap().iter().any(|m| f.starts_with(m["mountPath"].as_str().unwrap())),
+                    c["volumeMounts"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|m| f.starts_with(m["mountPath"].as_str().unwrap())),
                     "{f} is not mounted"
                 );
             }
@@ -80,11 +116,17 @@ fn the_helm_chart_lints_renders_and_validates() {
             Some("full-values.yaml") => {
                 let so = kind(&docs, "ScaledObject").expect("KEDA ScaledObject");
                 assert_eq!(so["spec"]["triggers"][0]["type"], "rabbitmq");
-                assert_eq!(so["spec"]["triggers"][0]["metadata"]["queueName"], "apns.jobs");
+                assert_eq!(
+                    so["spec"]["triggers"][0]["metadata"]["queueName"],
+                    "apns.jobs"
+                );
                 assert_eq!(so["spec"]["triggers"][0]["metadata"]["mode"], "QueueLength");
                 assert!(kind(&docs, "TriggerAuthentication").is_some());
                 assert!(kind(&docs, "ServiceMonitor").is_some());
-                assert!(d["spec"].get("replicas").is_none(), "the autoscaler owns replicas");
+                assert!(
+                    d["spec"].get("replicas").is_none(),
+                    "the autoscaler owns replicas"
+                );
                 assert_eq!(cfg.apps.len(), 3);
             }
             Some("hpa-values.yaml") => assert!(kind(&docs, "HorizontalPodAutoscaler").is_some()),
@@ -100,7 +142,9 @@ fn the_chart_refuses_unsafe_values() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("drainSecs"));
     let out = render(&[], &["apps.x.endpoint=sandbox"]);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("needs keys (token auth) or certificate"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("needs keys (token auth) or certificate")
+    );
 }
 
 #[test]
@@ -110,18 +154,32 @@ fn the_compose_file_validates_and_its_files_are_consistent() {
             .args(["--builtin-schema", "vendor.compose-spec"])
             .arg(root().join("docker-compose.yml")),
     );
-    let cfg = Config::load(Some(&root().join("deploy/compose-config.toml")), Vec::<(String, String)>::new()).unwrap();
-    let faults: apns_worker::mock::Faults = toml::from_str(&std::fs::read_to_string(root().join("deploy/demo-faults.toml")).unwrap()).unwrap();
+    let cfg = Config::load(
+        Some(&root().join("deploy/compose-config.toml")),
+        Vec::<(String, String)>::new(),
+    )
+    .unwrap();
+    let faults: apns_worker::mock::Faults =
+        toml::from_str(&std::fs::read_to_string(root().join("deploy/demo-faults.toml")).unwrap())
+            .unwrap();
     faults.check().unwrap();
     let apps = apns_worker::worker::job::AppDirectory::from_config(&cfg.apps);
-    let jobs = apns_worker::publish::load_jsonl(&root().join("deploy/sample-jobs.jsonl"), &apps, 65536).unwrap();
+    let jobs =
+        apns_worker::publish::load_jsonl(&root().join("deploy/sample-jobs.jsonl"), &apps, 65536)
+            .unwrap();
     assert!(jobs.len() >= 30);
-    let compose = tools::yaml_docs(&std::fs::read_to_string(root().join("docker-compose.yml")).unwrap());
+    let compose =
+        tools::yaml_docs(&std::fs::read_to_string(root().join("docker-compose.yml")).unwrap());
     let services = &compose[0]["services"];
     for s in ["rabbitmq", "mock-apns", "worker", "publisher"] {
         assert!(services[s].is_object(), "service {s}");
     }
-    assert!(services["rabbitmq"]["image"].as_str().unwrap().contains("management"));
+    assert!(
+        services["rabbitmq"]["image"]
+            .as_str()
+            .unwrap()
+            .contains("management")
+    );
 }
 
 #[test]
@@ -135,10 +193,24 @@ fn the_dockerfile_parses_builds_in_stages_and_runs_as_non_root() {
     assert_eq!(froms.len(), 2, "multi-stage");
     let last_stage = cmds.iter().rposition(|c| c.0 == "FROM").unwrap();
     let runtime = &cmds[last_stage..];
-    let user = runtime.iter().find(|c| c.0 == "USER").expect("USER in the runtime stage");
-    assert!(!user.1[0].starts_with("0") && !user.1[0].starts_with("root"), "non-root: {:?}", user.1);
-    assert!(runtime.iter().any(|c| c.0 == "COPY" && c.2.iter().any(|f| f == "--from=build")));
+    let user = runtime
+        .iter()
+        .find(|c| c.0 == "USER")
+        .expect("USER in the runtime stage");
+    assert!(
+        !user.1[0].starts_with("0") && !user.1[0].starts_with("root"),
+        "non-root: {:?}",
+        user.1
+    );
+    assert!(
+        runtime
+            .iter()
+            .any(|c| c.0 == "COPY" && c.2.iter().any(|f| f == "--from=build"))
+    );
     let entry = runtime.iter().find(|c| c.0 == "ENTRYPOINT").unwrap();
     assert_eq!(entry.1, vec!["/usr/local/bin/apns-worker"]);
-    assert!(runtime.iter().all(|c| c.0 != "RUN"), "nothing runs in the runtime image (no shell)");
+    assert!(
+        runtime.iter().all(|c| c.0 != "RUN"),
+        "nothing runs in the runtime image (no shell)"
+    );
 }

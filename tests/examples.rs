@@ -10,8 +10,13 @@ use common::tools::{self, root};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 
 fn schema(name: &str) -> jsonschema::Validator {
-    let s: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(root().join("schemas").join(name)).unwrap()).unwrap();
-    jsonschema::options().should_validate_formats(true).build(&s).unwrap()
+    let s: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root().join("schemas").join(name)).unwrap())
+            .unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&s)
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,7 +24,13 @@ async fn the_python_producer_publishes_valid_jobs() {
     let conn = broker::connect().await;
     let queue = format!("test.examples.{}.jobs", uuid::Uuid::new_v4().simple());
     let ch = conn.create_channel().await.unwrap();
-    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), Default::default()).await.unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
     let out = tools::run_ok(
         Command::new(tools::python())
             .arg(root().join("examples/producer.py"))
@@ -32,12 +43,23 @@ async fn the_python_producer_publishes_valid_jobs() {
     for g in &got {
         let job = g.json();
         assert!(v.is_valid(&job), "{job}");
-        assert_eq!(g.props.message_id().as_ref().unwrap().as_str(), job["id"].as_str().unwrap());
+        assert_eq!(
+            g.props.message_id().as_ref().unwrap().as_str(),
+            job["id"].as_str().unwrap()
+        );
         assert!(g.header_str("traceparent").is_some());
         let body = bytes::Bytes::from(g.body.clone());
-        apns_worker::worker::job::decode(&body, &Default::default(), &apns_worker::worker::job::AppDirectory::permissive(), 65536).unwrap();
+        apns_worker::worker::job::decode(
+            &body,
+            &Default::default(),
+            &apns_worker::worker::job::AppDirectory::permissive(),
+            65536,
+        )
+        .unwrap();
     }
-    let _ = ch.queue_delete(queue.as_str().into(), Default::default()).await;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -47,29 +69,81 @@ async fn the_rust_cleanup_consumer_reads_the_events() {
     let exchange = format!("test.examples.{id}.cleanup");
     let queue = format!("test.examples.{id}.cleanup-q");
     let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(exchange.as_str().into(), lapin::ExchangeKind::Topic, ExchangeDeclareOptions::default(), Default::default()).await.unwrap();
-    ch.queue_declare(queue.as_str().into(), QueueDeclareOptions::default(), Default::default()).await.unwrap();
-    ch.queue_bind(queue.as_str().into(), exchange.as_str().into(), "#".into(), QueueBindOptions::default(), Default::default()).await.unwrap();
-    let event = std::fs::read_to_string(root().join("schemas/examples/token-cleanup-event.json")).unwrap();
+    ch.exchange_declare(
+        exchange.as_str().into(),
+        lapin::ExchangeKind::Topic,
+        ExchangeDeclareOptions::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_declare(
+        queue.as_str().into(),
+        QueueDeclareOptions::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    ch.queue_bind(
+        queue.as_str().into(),
+        exchange.as_str().into(),
+        "#".into(),
+        QueueBindOptions::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    let event =
+        std::fs::read_to_string(root().join("schemas/examples/token-cleanup-event.json")).unwrap();
     let ev: serde_json::Value = serde_json::from_str(&event).unwrap();
     assert!(schema("token-cleanup-event.schema.json").is_valid(&ev));
     ch.confirm_select(Default::default()).await.unwrap();
     for _ in 0..2 {
-        ch.basic_publish(exchange.as_str().into(), "com.example.app".into(), Default::default(), event.as_bytes(), apns_worker::worker::amqp::event_props("e"))
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        ch.basic_publish(
+            exchange.as_str().into(),
+            "com.example.app".into(),
+            Default::default(),
+            event.as_bytes(),
+            apns_worker::worker::amqp::event_props("e"),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
     }
     // Built with the tests (cargo test --all-targets builds examples).
-    let exe = std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().join("examples/token_cleanup_consumer");
-    assert!(exe.exists(), "{} not built: run the tests with --all-targets", exe.display());
-    let out = tools::run_ok(Command::new(exe).args(["--url", broker::BROKER, "--queue", &queue, "--max", "2"]));
-    let lines: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let exe = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples/token_cleanup_consumer");
+    assert!(
+        exe.exists(),
+        "{} not built: run the tests with --all-targets",
+        exe.display()
+    );
+    let out = tools::run_ok(Command::new(exe).args([
+        "--url",
+        broker::BROKER,
+        "--queue",
+        &queue,
+        "--max",
+        "2",
+    ]));
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     assert_eq!(lines[0]["removed"], ev["device_token"]);
     assert_eq!(lines[0]["reason"], "Unregistered");
     assert_eq!(broker::depth(&conn, &queue).await, 0, "acked");
-    let _ = ch.queue_delete(queue.as_str().into(), Default::default()).await;
-    let _ = ch.exchange_delete(exchange.as_str().into(), Default::default()).await;
+    let _ = ch
+        .queue_delete(queue.as_str().into(), Default::default())
+        .await;
+    let _ = ch
+        .exchange_delete(exchange.as_str().into(), Default::default())
+        .await;
 }

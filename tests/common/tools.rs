@@ -11,7 +11,11 @@ pub fn root() -> PathBuf {
 
 fn tool(rel: &str) -> PathBuf {
     let p = root().join(".tools").join(rel);
-    assert!(p.exists(), "{} is missing: run ./ops/install-tools.sh (./test.sh does)", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: run ./ops/install-tools.sh (./test.sh does)",
+        p.display()
+    );
     p
 }
 
@@ -52,7 +56,12 @@ pub fn yaml_docs(text: &str) -> Vec<serde_json::Value> {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
     serde_json::from_slice(&out.stdout).unwrap()
