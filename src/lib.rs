@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod apns;
+pub mod bench;
 pub mod check;
 pub mod config;
 pub mod demo;

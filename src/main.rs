@@ -25,6 +25,37 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The end-to-end benchmark: the broker's ceiling, the worker's drain throughput,
+    /// CPU per notification, peak RSS, and latency at a fixed rate. Needs RabbitMQ.
+    Bench {
+        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", env = "APNS_WORKER_BENCH_BROKER")]
+        broker: String,
+        #[arg(long, default_value_t = 200_000)]
+        jobs: u64,
+        #[arg(long, default_value_t = 1024)]
+        payload_bytes: usize,
+        /// Offered rate of the latency phase (jobs/s); 0 skips it.
+        #[arg(long, default_value_t = 5000)]
+        rate: u64,
+        #[arg(long, default_value_t = 5)]
+        latency_secs: u64,
+        #[arg(long, default_value_t = 2000)]
+        prefetch: u16,
+        #[arg(long, default_value_t = 2)]
+        connections: usize,
+        #[arg(long, default_value_t = 256)]
+        ack_batch: usize,
+        /// The APNs client alone against the mock, no broker.
+        #[arg(long)]
+        sender_only: bool,
+        /// Requests in flight in --sender-only.
+        #[arg(long, default_value_t = 2000)]
+        concurrency: usize,
+        /// Drain runs over prefetch x connections x ack batch; writes a table and an
+        /// SVG chart into this directory.
+        #[arg(long)]
+        sweep: Option<PathBuf>,
+    },
     /// The whole flow on this machine: mock APNs, local RabbitMQ, worker, sample jobs
     /// with every outcome, and the outcome table. Cleans up after itself.
     Demo {
@@ -131,17 +162,74 @@ fn parse_env_kind(s: &str) -> Result<EndpointKind, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    // `run` may ask for a single-threaded runtime (worker.threads = 1).
+    let threads = match &cli.command {
+        Command::Run { config } => Config::load(config.as_deref(), std::env::vars())
+            .map(|c| c.worker.threads)
+            .unwrap_or(0),
+        _ => 0,
+    };
+    let rt = match threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    }
+    .expect("tokio runtime");
     let result: Result<(), String> = rt.block_on(async move {
         // The demo prints its own story; its logs would drown it.
         let _telemetry = match cli.command {
-            Command::Demo { .. } => apns_worker::telemetry::init_logging_with("error"),
+            Command::Demo { .. } | Command::Bench { .. } => {
+                apns_worker::telemetry::init_logging_with("error")
+            }
             _ => apns_worker::telemetry::init_logging(),
         };
         match cli.command {
+            Command::Bench {
+                broker,
+                jobs,
+                payload_bytes,
+                rate,
+                latency_secs,
+                prefetch,
+                connections,
+                ack_batch,
+                sender_only,
+                concurrency,
+                sweep,
+            } => {
+                if sender_only {
+                    let per_sec = apns_worker::bench::sender_only(jobs, concurrency, connections, payload_bytes)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!("sender only: {per_sec:.0} notifications/s ({jobs} notifications, {concurrency} in flight, {connections} connection(s))");
+                    println!("{}", serde_json::json!({"sender_only_per_sec": per_sec, "jobs": jobs, "concurrency": concurrency, "connections": connections}));
+                    return Ok(());
+                }
+                let opts = apns_worker::bench::BenchOptions {
+                    broker_url: broker,
+                    jobs,
+                    payload_bytes,
+                    rate,
+                    latency_secs,
+                    prefetch,
+                    connections,
+                    ack_batch,
+                    worker_bin: std::env::current_exe().map_err(|e| e.to_string())?,
+                    drain_only: false,
+                };
+                if let Some(dir) = sweep {
+                    apns_worker::bench::sweep(&opts, &dir).await.map_err(|e| e.to_string())?;
+                    println!("wrote {0}/bench-sweep.md and {0}/bench-sweep.svg", dir.display());
+                    return Ok(());
+                }
+                let report = apns_worker::bench::run(&opts).await.map_err(|e| e.to_string())?;
+                apns_worker::bench::print_table(&report);
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+                Ok(())
+            }
             Command::Demo { broker, jobs } => apns_worker::demo::run(&broker, jobs)
                 .await
                 .map_err(|e| e.to_string()),

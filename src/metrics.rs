@@ -42,6 +42,23 @@ pub struct Metrics {
     pub send_duration: Family<SendLabels, Histogram>,
     pub end_to_end: Histogram,
     pub dead_letters: Family<ReasonLabels, Counter>,
+    /// Handles of the per-message hot series, so the common case neither allocates
+    /// label strings nor looks the family up.
+    hot: std::sync::RwLock<std::collections::HashMap<String, Hot>>,
+}
+
+#[derive(Clone, Debug)]
+struct Hot {
+    delivered: Counter,
+    sent_200: Histogram,
+}
+
+/// The status label of a send.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SendStatus {
+    Http(u16),
+    NotSent,
+    Unknown,
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -87,12 +104,64 @@ impl Default for Metrics {
             send_duration,
             end_to_end,
             dead_letters,
+            hot: Default::default(),
         }
     }
 }
 
 impl Metrics {
+    fn hot(&self, app: &str) -> Hot {
+        if let Some(h) = self.hot.read().expect("metrics lock").get(app) {
+            return h.clone();
+        }
+        let h = Hot {
+            delivered: self
+                .jobs
+                .get_or_create(&JobLabels {
+                    app: app.to_string(),
+                    outcome: "delivered".into(),
+                    reason: String::new(),
+                })
+                .clone(),
+            sent_200: self
+                .send_duration
+                .get_or_create(&SendLabels {
+                    app: app.to_string(),
+                    status: "200".into(),
+                })
+                .clone(),
+        };
+        self.hot
+            .write()
+            .expect("metrics lock")
+            .insert(app.to_string(), h.clone());
+        h
+    }
+
+    /// One send's duration.
+    pub fn observe_send(&self, app: &str, status: SendStatus, secs: f64) {
+        if status == SendStatus::Http(200) {
+            self.hot(app).sent_200.observe(secs);
+            return;
+        }
+        let status = match status {
+            SendStatus::Http(s) => s.to_string(),
+            SendStatus::NotSent => "not_sent".into(),
+            SendStatus::Unknown => "unknown".into(),
+        };
+        self.send_duration
+            .get_or_create(&SendLabels {
+                app: app.to_string(),
+                status,
+            })
+            .observe(secs);
+    }
+
     pub fn job(&self, app: &str, outcome: &str, reason: &str) {
+        if outcome == "delivered" && reason.is_empty() {
+            self.hot(app).delivered.inc();
+            return;
+        }
         self.jobs
             .get_or_create(&JobLabels {
                 app: app.to_string(),

@@ -116,6 +116,8 @@ pub struct Received {
     pub reason: Option<String>,
     /// `answered`, `reset`, `refused`, `stalled` or `closed` (headers sent, connection dropped).
     pub action: &'static str,
+    /// When the request's body had arrived.
+    pub at: std::time::Instant,
 }
 
 /// Counters since start.
@@ -149,7 +151,7 @@ struct KeyEntry {
 struct State {
     max_streams: u32,
     environment: EndpointKind,
-    record: bool,
+    record: AtomicBool,
     token_update_min_secs: u64,
     keys: RwLock<HashMap<String, Arc<KeyEntry>>>,
     faults: RwLock<Arc<Faults>>,
@@ -213,7 +215,7 @@ impl MockApns {
         let state = Arc::new(State {
             max_streams: cfg.max_streams.max(1),
             environment: cfg.environment,
-            record: cfg.record,
+            record: AtomicBool::new(cfg.record),
             token_update_min_secs: cfg.token_update_min_secs,
             keys: RwLock::new(HashMap::new()),
             faults: RwLock::new(Arc::new(cfg.faults)),
@@ -351,6 +353,11 @@ impl MockApns {
             .sum();
         s.pings_dropped = live + self.state.pings_dropped_closed.load(Ordering::Relaxed);
         s
+    }
+
+    /// Start or stop keeping a record of each request.
+    pub fn set_record(&self, on: bool) {
+        self.state.record.store(on, Ordering::Relaxed);
     }
 
     pub fn received(&self) -> Vec<Received> {
@@ -600,6 +607,7 @@ async fn handle(
         }
     }
     let payload = payload.freeze();
+    let arrived = std::time::Instant::now();
     let mut rng = fastrand::Rng::new();
     let verdict = validate(&state, &conn, &parts, &payload);
     let (action, token, key_id) = match verdict {
@@ -642,7 +650,7 @@ async fn handle(
         .map(str::to_owned)
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let record = |status: u16, reason: Option<&Reason>, what: &'static str| {
-        if state.record {
+        if state.record.load(Ordering::Relaxed) {
             state
                 .received
                 .lock()
@@ -662,6 +670,7 @@ async fn handle(
                     status,
                     reason: reason.map(|r| r.to_string()),
                     action: what,
+                    at: arrived,
                 });
         }
     };

@@ -341,12 +341,15 @@ impl Drop for InFlight<'_> {
 }
 
 /// One delivery, from bytes to settlement; inside a job span when traces are exported.
+///
+/// The job's state machine is boxed: the spawned task then holds a pointer, and the
+/// task's own moves (spawn, completion) copy a few bytes instead of the whole state.
 async fn process(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guard) {
     if crate::telemetry::job_spans() {
         let span = job_span(&w, &inc);
-        tracing::Instrument::instrument(process_job(w, s, inc, guard), span).await
+        tracing::Instrument::instrument(Box::pin(process_job(w, s, inc, guard)), span).await
     } else {
-        process_job(w, s, inc, guard).await
+        Box::pin(process_job(w, s, inc, guard)).await
     }
 }
 
@@ -465,17 +468,11 @@ async fn decide_job(
         Err(e) => e.outcome(),
     };
     let status = match (&sent, &outcome) {
-        (Ok(d), _) => d.response.status.to_string(),
-        (Err(_), Outcome::RetryLater(RetryCause::NotSent(_))) => "not_sent".into(),
-        (Err(_), _) => "unknown".into(),
+        (Ok(d), _) => crate::metrics::SendStatus::Http(d.response.status),
+        (Err(_), Outcome::RetryLater(RetryCause::NotSent(_))) => crate::metrics::SendStatus::NotSent,
+        (Err(_), _) => crate::metrics::SendStatus::Unknown,
     };
-    w.metrics
-        .send_duration
-        .get_or_create(&crate::metrics::SendLabels {
-            app: job.app.clone(),
-            status,
-        })
-        .observe(started.elapsed().as_secs_f64());
+    w.metrics.observe_send(&job.app, status, started.elapsed().as_secs_f64());
     {
         let mut c = circuit.lock().expect("circuit lock");
         match &outcome {
