@@ -17,7 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions};
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions, QueueDeleteOptions,
+};
 use lapin::types::FieldTable;
 use serde::Serialize;
 use serde_json::json;
@@ -125,7 +127,13 @@ fn ticks_per_sec() -> f64 {
         .unwrap_or(100.0)
 }
 
-async fn publish_all(conn: &lapin::Connection, queue: &str, n: u64, bytes: usize, prefix: &str) -> Result<(), BenchError> {
+async fn publish_all(
+    conn: &lapin::Connection,
+    queue: &str,
+    n: u64,
+    bytes: usize,
+    prefix: &str,
+) -> Result<(), BenchError> {
     let jobs = (0..n).map(|i| job_body(i, bytes, &format!("{prefix}-{i}")));
     crate::publish::publish_jobs(conn, queue, jobs, Some(n), false)
         .await
@@ -135,11 +143,21 @@ async fn publish_all(conn: &lapin::Connection, queue: &str, n: u64, bytes: usize
 
 /// The broker's ceiling: drain `n` messages with a bare consumer, acking every 100th
 /// with multiple=true.
-async fn bare_consumer(conn: &lapin::Connection, queue: &str, n: u64, prefetch: u16) -> Result<f64, BenchError> {
+async fn bare_consumer(
+    conn: &lapin::Connection,
+    queue: &str,
+    n: u64,
+    prefetch: u16,
+) -> Result<f64, BenchError> {
     let ch = conn.create_channel().await?;
     ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
     let mut consumer = ch
-        .basic_consume(queue.into(), "bench-bare".into(), BasicConsumeOptions::default(), FieldTable::default())
+        .basic_consume(
+            queue.into(),
+            "bench-bare".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
         .await?;
     let started = Instant::now();
     let mut got = 0u64;
@@ -147,7 +165,8 @@ async fn bare_consumer(conn: &lapin::Connection, queue: &str, n: u64, prefetch: 
         let d = d?;
         got += 1;
         if got % 100 == 0 || got == n {
-            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true }).await?;
+            ch.basic_ack(d.delivery_tag, BasicAckOptions { multiple: true })
+                .await?;
         }
         if got == n {
             break;
@@ -158,11 +177,21 @@ async fn bare_consumer(conn: &lapin::Connection, queue: &str, n: u64, prefetch: 
     Ok(n as f64 / secs)
 }
 
-fn worker_config(opts: &BenchOptions, q: &QueueSettings, mock: &MockApns, dir: &Path) -> Result<PathBuf, BenchError> {
+fn worker_config(
+    opts: &BenchOptions,
+    q: &QueueSettings,
+    mock: &MockApns,
+    dir: &Path,
+) -> Result<PathBuf, BenchError> {
     let key_path = dir.join("bench.p8");
-    std::fs::write(&key_path, mock.generate_key("BENCHTEAM1", "BENCHKEY01").map_err(|e| BenchError::Setup(e.to_string()))?)?;
+    std::fs::write(
+        &key_path,
+        mock.generate_key("BENCHTEAM1", "BENCHKEY01")
+            .map_err(|e| BenchError::Setup(e.to_string()))?,
+    )?;
     let ca = dir.join("mock-ca.pem");
-    mock.write_ca(&ca).map_err(|e| BenchError::Setup(e.to_string()))?;
+    mock.write_ca(&ca)
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
     let mut cfg = Config {
         queues: q.clone(),
         ..Config::default()
@@ -191,7 +220,10 @@ fn worker_config(opts: &BenchOptions, q: &QueueSettings, mock: &MockApns, dir: &
         },
     );
     let path = dir.join("bench.toml");
-    std::fs::write(&path, toml::to_string(&cfg).map_err(|e| BenchError::Setup(e.to_string()))?)?;
+    std::fs::write(
+        &path,
+        toml::to_string(&cfg).map_err(|e| BenchError::Setup(e.to_string()))?,
+    )?;
     Ok(path)
 }
 
@@ -202,7 +234,10 @@ async fn wait_answered(mock: &MockApns, n: u64, within: Duration) -> Result<Inst
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
-            return Err(BenchError::Timeout(format!("{} of {n} answered", mock.stats().answered)));
+            return Err(BenchError::Timeout(format!(
+                "{} of {n} answered",
+                mock.stats().answered
+            )));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -210,14 +245,26 @@ async fn wait_answered(mock: &MockApns, n: u64, within: Duration) -> Result<Inst
 
 async fn delete_queues(conn: &lapin::Connection, q: &QueueSettings, extra: &[String]) {
     if let Ok(ch) = conn.create_channel().await {
-        let mut names = vec![q.jobs.clone(), q.dead_letter_queue.clone(), q.cleanup_queue.clone()];
-        names.extend(crate::worker::settle::delay_levels(&Config::default().retry).into_iter().map(|l| amqp::delay_queue_name(q, l)));
+        let mut names = vec![
+            q.jobs.clone(),
+            q.dead_letter_queue.clone(),
+            q.cleanup_queue.clone(),
+        ];
+        names.extend(
+            crate::worker::settle::delay_levels(&Config::default().retry)
+                .into_iter()
+                .map(|l| amqp::delay_queue_name(q, l)),
+        );
         names.extend(extra.iter().cloned());
         for n in names {
-            let _ = ch.queue_delete(n.as_str().into(), QueueDeleteOptions::default()).await;
+            let _ = ch
+                .queue_delete(n.as_str().into(), QueueDeleteOptions::default())
+                .await;
         }
         for n in [&q.dead_letter_exchange, &q.cleanup_exchange] {
-            let _ = ch.exchange_delete(n.as_str().into(), Default::default()).await;
+            let _ = ch
+                .exchange_delete(n.as_str().into(), Default::default())
+                .await;
         }
     }
 }
@@ -230,7 +277,10 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     })
     .await
     .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let dir = std::env::temp_dir().join(format!("apns-worker-bench-{}", uuid::Uuid::new_v4().simple()));
+    let dir = std::env::temp_dir().join(format!(
+        "apns-worker-bench-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir)?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let q = QueueSettings::with_prefix(&format!("bench.{}.", &id[..8]));
@@ -255,9 +305,19 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let bare = format!("{}bare", q.jobs);
     if !opts.drain_only {
         let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), lapin::types::AMQPValue::LongString("quorum".into()));
-        ch.queue_declare(bare.as_str().into(), QueueDeclareOptions { durable: true, ..Default::default() }, args)
-            .await?;
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+        ch.queue_declare(
+            bare.as_str().into(),
+            QueueDeclareOptions {
+                durable: true,
+                ..Default::default()
+            },
+            args,
+        )
+        .await?;
         eprintln!("bench: publishing {} jobs for the bare consumer", opts.jobs);
         publish_all(&conn, &bare, opts.jobs, opts.payload_bytes, "bare").await?;
         let per_sec = bare_consumer(&conn, &bare, opts.jobs, opts.prefetch).await?;
@@ -277,8 +337,14 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         .stderr(std::process::Stdio::inherit())
         .kill_on_drop(true)
         .spawn()?;
-    let pid = child.id().ok_or_else(|| BenchError::Setup("worker exited at once".into()))?;
-    let mut worker = Proc { child, pid, ticks_per_sec: ticks_per_sec() };
+    let pid = child
+        .id()
+        .ok_or_else(|| BenchError::Setup("worker exited at once".into()))?;
+    let mut worker = Proc {
+        child,
+        pid,
+        ticks_per_sec: ticks_per_sec(),
+    };
     // The clock starts at the first answer (connections are up, consuming has begun).
     wait_answered(&mock, 1, Duration::from_secs(60)).await?;
     let (t0, cpu0) = (Instant::now(), worker.cpu_secs());
@@ -287,8 +353,13 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let secs = (t1 - t0).as_secs_f64();
     report.drain_per_sec = (opts.jobs - 1) as f64 / secs;
     report.cpu_us_per_notification = (cpu1 - cpu0) * 1e6 / (opts.jobs - 1) as f64;
-    report.ratio_to_bare = report.bare_consumer_per_sec.map(|b| report.drain_per_sec / b);
-    eprintln!("bench: worker drained at {:.0}/s, {:.1} µs CPU each", report.drain_per_sec, report.cpu_us_per_notification);
+    report.ratio_to_bare = report
+        .bare_consumer_per_sec
+        .map(|b| report.drain_per_sec / b);
+    eprintln!(
+        "bench: worker drained at {:.0}/s, {:.1} µs CPU each",
+        report.drain_per_sec, report.cpu_us_per_notification
+    );
 
     // 3. Latency at a fixed offered rate, the worker idle and warm.
     if !opts.drain_only && opts.rate > 0 {
@@ -310,17 +381,25 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             let body = job_body(10_000_000 + i, opts.payload_bytes, &jid);
             let props = amqp::job_props(&jid);
             confirms.push(
-                pch.basic_publish("".into(), q.jobs.as_str().into(), Default::default(), body.as_bytes(), props)
-                    .await?,
+                pch.basic_publish(
+                    "".into(),
+                    q.jobs.as_str().into(),
+                    Default::default(),
+                    body.as_bytes(),
+                    props,
+                )
+                .await?,
             );
             sent_at.insert(jid, Instant::now());
         }
         for c in confirms {
             c.await?;
         }
+        let _ = pch.close(200, "done".into()).await;
         wait_answered(&mock, opts.jobs + n, Duration::from_secs(60)).await?;
         mock.set_record(false);
-        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("histogram bounds");
+        let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+            .expect("histogram bounds");
         for r in mock.take_received() {
             if let Some(at) = r.apns_id.as_deref().and_then(|a| sent_at.get(a)) {
                 let _ = h.record(r.at.saturating_duration_since(*at).as_micros().max(1) as u64);
@@ -334,9 +413,12 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         report.latency_samples = Some(h.len());
     }
     report.peak_rss_mib = worker.status_kib("VmHWM:") / 1024.0;
-    let _ = std::process::Command::new("kill").args(["-TERM", &worker.pid.to_string()]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &worker.pid.to_string()])
+        .status();
     let _ = tokio::time::timeout(Duration::from_secs(30), worker.child.wait()).await;
     delete_queues(&conn, &q, &[bare]).await;
+    let _ = ch.close(200, "done".into()).await;
     amqp::close(&conn).await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
@@ -344,13 +426,36 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
 
 /// The report as a table.
 pub fn print_table(r: &BenchReport) {
-    let opt = |v: Option<f64>, unit: &str| v.map(|x| format!("{x:.2} {unit}")).unwrap_or_else(|| "-".into());
-    println!("apns-worker bench: {} jobs of {} B, prefetch {}, {} connection(s), ack batch {}", r.jobs, r.payload_bytes, r.prefetch, r.connections, r.ack_batch);
-    println!("  bare lapin consumer (broker ceiling)  {}", opt(r.bare_consumer_per_sec, "jobs/s"));
-    println!("  worker drain                          {:.0} notifications/s", r.drain_per_sec);
-    println!("  worker / bare consumer                {}", r.ratio_to_bare.map(|x| format!("{x:.2}")).unwrap_or_else(|| "-".into()));
-    println!("  worker CPU per notification           {:.1} µs", r.cpu_us_per_notification);
-    println!("  worker peak RSS                       {:.1} MiB", r.peak_rss_mib);
+    let opt = |v: Option<f64>, unit: &str| {
+        v.map(|x| format!("{x:.2} {unit}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "apns-worker bench: {} jobs of {} B, prefetch {}, {} connection(s), ack batch {}",
+        r.jobs, r.payload_bytes, r.prefetch, r.connections, r.ack_batch
+    );
+    println!(
+        "  bare lapin consumer (broker ceiling)  {}",
+        opt(r.bare_consumer_per_sec, "jobs/s")
+    );
+    println!(
+        "  worker drain                          {:.0} notifications/s",
+        r.drain_per_sec
+    );
+    println!(
+        "  worker / bare consumer                {}",
+        r.ratio_to_bare
+            .map(|x| format!("{x:.2}"))
+            .unwrap_or_else(|| "-".into())
+    );
+    println!(
+        "  worker CPU per notification           {:.1} µs",
+        r.cpu_us_per_notification
+    );
+    println!(
+        "  worker peak RSS                       {:.1} MiB",
+        r.peak_rss_mib
+    );
     if let Some(rate) = r.latency_rate {
         println!(
             "  publish -> APNs latency at {rate}/s   p50 {} p99 {} p999 {} ({} samples)",
@@ -364,15 +469,29 @@ pub fn print_table(r: &BenchReport) {
 
 /// The APNs client alone against the mock (no broker): `n` notifications with
 /// `concurrency` in flight.
-pub async fn sender_only(n: u64, concurrency: usize, connections: usize, payload_bytes: usize) -> Result<f64, BenchError> {
-    let mock = MockApns::start(MockConfig { record: false, ..MockConfig::default() })
-        .await
-        .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let dir = std::env::temp_dir().join(format!("apns-worker-sender-{}", uuid::Uuid::new_v4().simple()));
+pub async fn sender_only(
+    n: u64,
+    concurrency: usize,
+    connections: usize,
+    payload_bytes: usize,
+) -> Result<f64, BenchError> {
+    let mock = MockApns::start(MockConfig {
+        record: false,
+        ..MockConfig::default()
+    })
+    .await
+    .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let dir = std::env::temp_dir().join(format!(
+        "apns-worker-sender-{}",
+        uuid::Uuid::new_v4().simple()
+    ));
     std::fs::create_dir_all(&dir)?;
     let ca = dir.join("ca.pem");
-    mock.write_ca(&ca).map_err(|e| BenchError::Setup(e.to_string()))?;
-    let pem = mock.generate_key("BENCHTEAM1", "BENCHKEY01").map_err(|e| BenchError::Setup(e.to_string()))?;
+    mock.write_ca(&ca)
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let pem = mock
+        .generate_key("BENCHTEAM1", "BENCHKEY01")
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
     let app = AppConfig {
         endpoint: mock.endpoint(),
         topics: vec!["com.example.bench".into()],
@@ -381,7 +500,12 @@ pub async fn sender_only(n: u64, concurrency: usize, connections: usize, payload
         max_streams_per_connection: 1000,
         ca_file: Some(ca),
         team_id: Some("BENCHTEAM1".into()),
-        keys: vec![KeyConfig { key_id: "BENCHKEY01".into(), key_file: None, key: Some(crate::secret::Secret::new(pem)), topics: vec![] }],
+        keys: vec![KeyConfig {
+            key_id: "BENCHKEY01".into(),
+            key_file: None,
+            key: Some(crate::secret::Secret::new(pem)),
+            topics: vec![],
+        }],
         certificate: None,
     };
     let client = Arc::new(
@@ -405,7 +529,10 @@ pub async fn sender_only(n: u64, concurrency: usize, connections: usize, payload
         .collect::<Result<_, _>>()?;
     let notes = Arc::new(notes);
     // Warm up: the first answer raises the stream limit.
-    client.send(&notes[0]).await.map_err(|e| BenchError::Setup(e.to_string()))?;
+    client
+        .send(&notes[0])
+        .await
+        .map_err(|e| BenchError::Setup(e.to_string()))?;
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(1));
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -439,7 +566,13 @@ pub async fn sweep(base: &BenchOptions, out_dir: &Path) -> Result<Vec<BenchRepor
     for prefetch in [500u16, 2000, 5000] {
         for connections in [1usize, 2, 4] {
             for ack_batch in [32usize, 256] {
-                let opts = BenchOptions { prefetch, connections, ack_batch, drain_only: true, ..base.clone() };
+                let opts = BenchOptions {
+                    prefetch,
+                    connections,
+                    ack_batch,
+                    drain_only: true,
+                    ..base.clone()
+                };
                 let r = run(&opts).await?;
                 println!("{}", serde_json::to_string(&r).unwrap_or_default());
                 reports.push(r);
@@ -447,11 +580,18 @@ pub async fn sweep(base: &BenchOptions, out_dir: &Path) -> Result<Vec<BenchRepor
         }
     }
     std::fs::create_dir_all(out_dir)?;
-    let mut md = String::from("| prefetch | connections | ack batch | drain (notifications/s) | CPU (µs/notification) | peak RSS (MiB) |\n|---:|---:|---:|---:|---:|---:|\n");
+    let mut md = String::from(
+        "| prefetch | connections | ack batch | drain (notifications/s) | CPU (µs/notification) | peak RSS (MiB) |\n|---:|---:|---:|---:|---:|---:|\n",
+    );
     for r in &reports {
         md.push_str(&format!(
             "| {} | {} | {} | {:.0} | {:.1} | {:.1} |\n",
-            r.prefetch, r.connections, r.ack_batch, r.drain_per_sec, r.cpu_us_per_notification, r.peak_rss_mib
+            r.prefetch,
+            r.connections,
+            r.ack_batch,
+            r.drain_per_sec,
+            r.cpu_us_per_notification,
+            r.peak_rss_mib
         ));
     }
     std::fs::write(out_dir.join("bench-sweep.md"), md)?;

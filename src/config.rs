@@ -240,7 +240,7 @@ impl Default for WorkerSettings {
             ack_flush_ms: 10,
             drain_secs: 25,
             max_job_bytes: 64 * 1024,
-            dedupe_capacity: 100_000,
+            dedupe_capacity: 20_000,
             threads: 1,
         }
     }

@@ -28,7 +28,11 @@ enum Command {
     /// The end-to-end benchmark: the broker's ceiling, the worker's drain throughput,
     /// CPU per notification, peak RSS, and latency at a fixed rate. Needs RabbitMQ.
     Bench {
-        #[arg(long, default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", env = "APNS_WORKER_BENCH_BROKER")]
+        #[arg(
+            long,
+            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+            env = "APNS_WORKER_BENCH_BROKER"
+        )]
         broker: String,
         #[arg(long, default_value_t = 200_000)]
         jobs: u64,
@@ -170,8 +174,12 @@ fn main() -> ExitCode {
         _ => 0,
     };
     let rt = match threads {
-        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
-        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        1 => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        0 => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
         n => tokio::runtime::Builder::new_multi_thread()
             .worker_threads(n)
             .enable_all()

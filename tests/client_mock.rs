@@ -608,3 +608,69 @@ async fn the_mock_refuses_what_apns_refuses() {
         );
     }
 }
+
+/// APNs accepts what some clients send although JWS says otherwise: the `Bearer`
+/// scheme capitalised, and JWT segments in standard base64 with padding (the a2 crate
+/// does both). The mock must accept them too, or it would fail clients APNs serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mock_accepts_lenient_tokens_like_apns() {
+    use apns_worker::apns::connection::{ConnectOptions, Connection};
+    use apns_worker::apns::limiter::StreamLimiter;
+    use base64::Engine;
+    let m = mock(Faults::default()).await;
+    let pem = m.mock.generate_key(TEAM, KEY).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let input = format!(
+        "{}.{}",
+        b64.encode(format!(r#"{{"alg":"ES256","kid":"{KEY}"}}"#)),
+        b64.encode(format!(r#"{{"iss":"{TEAM}","iat":{now}}}"#))
+    );
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    let sig_url =
+        jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::ES256).unwrap();
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig_url)
+        .unwrap();
+    let jwt = format!("{input}.{}", b64.encode(sig));
+    assert!(
+        jwt.contains('=') || jwt.contains('+') || jwt.contains('/'),
+        "standard base64: {jwt}"
+    );
+    let opts = ConnectOptions {
+        endpoint: m.mock.endpoint(),
+        tls: apns_worker::apns::tls::client_config(Some(&m.ca), None).unwrap(),
+        connect_timeout: Duration::from_secs(5),
+        ping_interval: Duration::from_secs(60),
+        ping_timeout: Duration::from_secs(10),
+        max_streams: 10,
+    };
+    let conn = Connection::connect(1, &opts).await.unwrap();
+    let req = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!(
+            "https://{}/3/device/{}",
+            conn.authority(),
+            token("ab", 1)
+        ))
+        .header("apns-topic", TOPIC)
+        .header("authorization", format!("Bearer {jwt}"))
+        .body(())
+        .unwrap();
+    let permit = StreamLimiter::acquire(conn.limiter().clone())
+        .await
+        .unwrap();
+    let r = conn
+        .send(
+            req,
+            bytes::Bytes::from_static(b"{}"),
+            Duration::from_secs(5),
+            permit,
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.reason), (200, None));
+}

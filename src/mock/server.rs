@@ -14,7 +14,7 @@ use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, Request, Response, StatusCode};
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use serde::Deserialize;
@@ -858,6 +858,39 @@ struct Claims {
     iat: u64,
 }
 
+/// Check an ES256 JWT's signature over its signing input exactly as received, and
+/// read its claims; segments may be base64url (JWS) or standard base64 with padding.
+fn verify_es256(raw: &str, key: &DecodingKey) -> Option<Claims> {
+    use base64::Engine;
+    let (signing_input, signature) = raw.rsplit_once('.')?;
+    let (_, payload) = signing_input.split_once('.')?;
+    let url = |seg: &str| -> String {
+        seg.chars()
+            .filter(|c| *c != '=')
+            .map(|c| match c {
+                '+' => '-',
+                '/' => '_',
+                c => c,
+            })
+            .collect()
+    };
+    let ok = jsonwebtoken::crypto::verify(
+        &url(signature),
+        signing_input.as_bytes(),
+        key,
+        Algorithm::ES256,
+    )
+    .ok()?;
+    if !ok {
+        tracing::debug!("mock: provider token signature does not verify");
+        return None;
+    }
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(url(payload))
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 fn verify_token(
     state: &State,
     conn: &Conn,
@@ -870,7 +903,12 @@ fn verify_token(
     let jwt = auth
         .to_str()
         .ok()
-        .and_then(|s| s.strip_prefix("bearer "))
+        // The auth scheme is case-insensitive (RFC 9110): `bearer` and `Bearer` both work.
+        .and_then(|s| {
+            s.get(..7)
+                .filter(|p| p.eq_ignore_ascii_case("bearer "))
+                .map(|_| &s[7..])
+        })
         .ok_or((403, Reason::InvalidProviderToken))?;
     let cached = {
         let c = conn.cache.lock().expect("cache lock");
@@ -881,8 +919,23 @@ fn verify_token(
     let (key_id, iat) = match cached {
         Some(hit) => hit,
         None => {
-            let header = jsonwebtoken::decode_header(jwt)
-                .map_err(|_| (403, Reason::InvalidProviderToken))?;
+            // APNs also accepts tokens encoded with standard base64 and padding (the
+            // `a2` crate sends those); JWS wants base64url, so normalise first.
+            let normalised: String = jwt
+                .chars()
+                .filter(|c| *c != '=')
+                .map(|c| match c {
+                    '+' => '-',
+                    '/' => '_',
+                    c => c,
+                })
+                .collect();
+            let raw = jwt;
+            let jwt = normalised.as_str();
+            let header = jsonwebtoken::decode_header(jwt).map_err(|e| {
+                tracing::debug!(error = %e, "mock: provider token header rejected");
+                (403, Reason::InvalidProviderToken)
+            })?;
             if header.alg != Algorithm::ES256 {
                 return Err((403, Reason::InvalidProviderToken));
             }
@@ -894,15 +947,13 @@ fn verify_token(
                 .get(&kid)
                 .cloned()
                 .ok_or((403, Reason::InvalidProviderToken))?;
-            let mut v = Validation::new(Algorithm::ES256);
-            v.required_spec_claims.clear();
-            v.validate_exp = false;
-            let data = jsonwebtoken::decode::<Claims>(jwt, &entry.decoding, &v)
-                .map_err(|_| (403, Reason::InvalidProviderToken))?;
-            if data.claims.iss != entry.key.team_id {
+            // Verify over the signing input as sent (standard or url-safe base64).
+            let claims =
+                verify_es256(raw, &entry.decoding).ok_or((403, Reason::InvalidProviderToken))?;
+            if claims.iss != entry.key.team_id {
                 return Err((403, Reason::InvalidProviderToken));
             }
-            let iat = data.claims.iat;
+            let iat = claims.iat;
             if state.token_update_min_secs > 0 {
                 let mut newest = state.key_newest_iat.lock().expect("iat lock");
                 let prev = newest.get(&kid).copied();
@@ -916,7 +967,7 @@ fn verify_token(
                 }
             }
             *conn.cache.lock().expect("cache lock") = Some(TokenCache {
-                jwt: Bytes::copy_from_slice(jwt.as_bytes()),
+                jwt: Bytes::copy_from_slice(raw.as_bytes()),
                 key_id: kid.clone(),
                 iat,
             });

@@ -469,10 +469,13 @@ async fn decide_job(
     };
     let status = match (&sent, &outcome) {
         (Ok(d), _) => crate::metrics::SendStatus::Http(d.response.status),
-        (Err(_), Outcome::RetryLater(RetryCause::NotSent(_))) => crate::metrics::SendStatus::NotSent,
+        (Err(_), Outcome::RetryLater(RetryCause::NotSent(_))) => {
+            crate::metrics::SendStatus::NotSent
+        }
         (Err(_), _) => crate::metrics::SendStatus::Unknown,
     };
-    w.metrics.observe_send(&job.app, status, started.elapsed().as_secs_f64());
+    w.metrics
+        .observe_send(&job.app, status, started.elapsed().as_secs_f64());
     {
         let mut c = circuit.lock().expect("circuit lock");
         match &outcome {
