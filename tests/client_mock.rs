@@ -393,7 +393,12 @@ async fn back_pressure_waits_and_then_gives_up_without_buffering() {
         m.mock.stats().peak_streams <= 2,
         "never more than our ceiling in flight"
     );
-    assert_eq!((ok, waited_out), (4, 4));
+    // 2 go at once, 2 more after 400 ms; the rest cannot get a stream by 700 ms.
+    // (On a loaded machine the second pair may miss the deadline too.)
+    assert!(
+        (2..=4).contains(&ok) && ok + waited_out == 8,
+        "ok {ok}, waited out {waited_out}"
+    );
     assert_eq!(
         m.mock.stats().by_status.get(&200).copied().unwrap_or(0),
         ok + 1

@@ -334,6 +334,8 @@ impl AppClient {
                         )));
                     }
                     tracing::debug!(app = %self.name, connection = conn.id(), reason = %why, "resending on another stream");
+                    // Let the connection's driver and the pool see what happened first.
+                    tokio::task::yield_now().await;
                 }
                 Err(AttemptError::Unknown(why)) => return Err(SendError::Unknown(why)),
             }

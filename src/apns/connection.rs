@@ -476,7 +476,12 @@ impl Connection {
         let mut sender = self.send.clone();
         let (response, mut stream) = match sender.send_request(req, false) {
             Ok(pair) => pair,
-            Err(e) => return Err(AttemptError::NotSent(format!("opening a stream: {e}"))),
+            Err(e) => {
+                // h2 cannot open streams here any more (closed, going away): make sure
+                // no one else picks this connection while its driver winds down.
+                self.drain(&format!("cannot open a stream: {e}"));
+                return Err(AttemptError::NotSent(format!("opening a stream: {e}")));
+            }
         };
         let stream_id = u32::from(response.stream_id());
         if let Err(e) = stream.send_data(body, true) {
