@@ -202,22 +202,13 @@ fn worker_config(
     cfg.admin.listen = String::new();
     cfg.apps.insert(
         "bench".into(),
-        AppConfig {
-            endpoint: mock.endpoint(),
-            topics: vec!["com.example.bench".into()],
-            default_topic: None,
-            connections: opts.connections,
-            max_streams_per_connection: 1000,
-            ca_file: Some(ca),
-            team_id: Some("BENCHTEAM1".into()),
-            keys: vec![KeyConfig {
-                key_id: "BENCHKEY01".into(),
-                key_file: Some(key_path),
-                key: None,
-                topics: vec![],
-            }],
-            certificate: None,
-        },
+        bench_app(
+            mock,
+            ca,
+            opts.connections,
+            "BENCHKEY01",
+            KeySource::File(key_path),
+        ),
     );
     let path = dir.join("bench.toml");
     std::fs::write(
@@ -225,6 +216,41 @@ fn worker_config(
         toml::to_string(&cfg).map_err(|e| BenchError::Setup(e.to_string()))?,
     )?;
     Ok(path)
+}
+
+enum KeySource {
+    File(PathBuf),
+    Pem(String),
+}
+
+/// The benchmark's app: token auth against the mock, trusting its CA.
+fn bench_app(
+    mock: &MockApns,
+    ca: PathBuf,
+    connections: usize,
+    key_id: &str,
+    key: KeySource,
+) -> AppConfig {
+    let (key_file, key) = match key {
+        KeySource::File(p) => (Some(p), None),
+        KeySource::Pem(p) => (None, Some(crate::secret::Secret::new(p))),
+    };
+    AppConfig {
+        endpoint: mock.endpoint(),
+        topics: vec!["com.example.bench".into()],
+        default_topic: None,
+        connections,
+        max_streams_per_connection: 1000,
+        ca_file: Some(ca),
+        team_id: Some("BENCHTEAM1".into()),
+        keys: vec![KeyConfig {
+            key_id: key_id.into(),
+            key_file,
+            key,
+            topics: vec![],
+        }],
+        certificate: None,
+    }
 }
 
 async fn wait_answered(mock: &MockApns, n: u64, within: Duration) -> Result<Instant, BenchError> {
@@ -492,22 +518,7 @@ pub async fn sender_only(
     let pem = mock
         .generate_key("BENCHTEAM1", "BENCHKEY01")
         .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let app = AppConfig {
-        endpoint: mock.endpoint(),
-        topics: vec!["com.example.bench".into()],
-        default_topic: None,
-        connections,
-        max_streams_per_connection: 1000,
-        ca_file: Some(ca),
-        team_id: Some("BENCHTEAM1".into()),
-        keys: vec![KeyConfig {
-            key_id: "BENCHKEY01".into(),
-            key_file: None,
-            key: Some(crate::secret::Secret::new(pem)),
-            topics: vec![],
-        }],
-        certificate: None,
-    };
+    let app = bench_app(&mock, ca, connections, "BENCHKEY01", KeySource::Pem(pem));
     let client = Arc::new(
         crate::apns::client::AppClient::start(
             "bench",

@@ -408,7 +408,6 @@ async fn back_pressure_waits_and_then_gives_up_without_buffering() {
 /// The mock answers requests our client would never send the way APNs does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mock_refuses_what_apns_refuses() {
-    use apns_worker::apns::connection::{ConnectOptions, Connection};
     use apns_worker::apns::jwt::{SystemClock, TokenPolicy, TokenSigner};
     use apns_worker::apns::limiter::StreamLimiter;
     use bytes::Bytes;
@@ -423,15 +422,7 @@ async fn the_mock_refuses_what_apns_refuses() {
     )
     .unwrap();
     let auth = signer.current().unwrap().authorization().clone();
-    let opts = ConnectOptions {
-        endpoint: m.mock.endpoint(),
-        tls: apns_worker::apns::tls::client_config(Some(&m.ca), None).unwrap(),
-        connect_timeout: Duration::from_secs(5),
-        ping_interval: Duration::from_secs(60),
-        ping_timeout: Duration::from_secs(10),
-        max_streams: 10,
-    };
-    let conn = Connection::connect(1, &opts).await.unwrap();
+    let conn = raw_connection(&m).await;
     let good = token("ab", 1);
     let uri = |path: &str| format!("https://{}{path}", conn.authority());
     type Edit = Box<dyn Fn(&mut http::Request<()>)>;
@@ -619,7 +610,6 @@ async fn the_mock_refuses_what_apns_refuses() {
 /// does both). The mock must accept them too, or it would fail clients APNs serves.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_mock_accepts_lenient_tokens_like_apns() {
-    use apns_worker::apns::connection::{ConnectOptions, Connection};
     use apns_worker::apns::limiter::StreamLimiter;
     use base64::Engine;
     let m = mock(Faults::default()).await;
@@ -645,15 +635,7 @@ async fn the_mock_accepts_lenient_tokens_like_apns() {
         jwt.contains('=') || jwt.contains('+') || jwt.contains('/'),
         "standard base64: {jwt}"
     );
-    let opts = ConnectOptions {
-        endpoint: m.mock.endpoint(),
-        tls: apns_worker::apns::tls::client_config(Some(&m.ca), None).unwrap(),
-        connect_timeout: Duration::from_secs(5),
-        ping_interval: Duration::from_secs(60),
-        ping_timeout: Duration::from_secs(10),
-        max_streams: 10,
-    };
-    let conn = Connection::connect(1, &opts).await.unwrap();
+    let conn = raw_connection(&m).await;
     let req = http::Request::builder()
         .method(http::Method::POST)
         .uri(format!(

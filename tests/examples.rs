@@ -9,16 +9,6 @@ use common::broker;
 use common::tools::{self, root};
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 
-fn schema(name: &str) -> jsonschema::Validator {
-    let s: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(root().join("schemas").join(name)).unwrap())
-            .unwrap();
-    jsonschema::options()
-        .should_validate_formats(true)
-        .build(&s)
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_producer_publishes_valid_jobs() {
     let conn = broker::connect().await;
@@ -39,7 +29,7 @@ async fn the_python_producer_publishes_valid_jobs() {
     assert_eq!(out.lines().count(), 3);
     let got = broker::drain_queue(&conn, &queue).await;
     assert_eq!(got.len(), 3);
-    let v = schema("notification-job.schema.json");
+    let v = common::schema_validator("notification-job.schema.json");
     for g in &got {
         let job = g.json();
         assert!(v.is_valid(&job), "{job}");
@@ -96,7 +86,7 @@ async fn the_rust_cleanup_consumer_reads_the_events() {
     let event =
         std::fs::read_to_string(root().join("schemas/examples/token-cleanup-event.json")).unwrap();
     let ev: serde_json::Value = serde_json::from_str(&event).unwrap();
-    assert!(schema("token-cleanup-event.schema.json").is_valid(&ev));
+    assert!(common::schema_validator("token-cleanup-event.schema.json").is_valid(&ev));
     ch.confirm_select(Default::default()).await.unwrap();
     for _ in 0..2 {
         ch.basic_publish(

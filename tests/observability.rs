@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use apns_worker::mock::{Faults, TokenRule};
+use apns_worker::mock::Faults;
 use common::broker;
 use common::proxy::Proxy;
 use common::*;
@@ -59,12 +59,6 @@ fn start_admin(w: &broker::Running) -> std::net::SocketAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_the_counts_of_a_mixed_run() {
-    let rule = |p: &str, s, r: &str, t| TokenRule {
-        prefix: p.into(),
-        status: s,
-        reason: Some(r.into()),
-        times: t,
-    };
     let m = mock(Faults {
         rules: vec![
             rule("dead", 410, "Unregistered", None),

@@ -13,15 +13,6 @@ use common::proxy::Proxy;
 use common::*;
 use serde_json::json;
 
-fn rule(prefix: &str, status: u16, reason: &str, times: Option<u32>) -> TokenRule {
-    TokenRule {
-        prefix: prefix.into(),
-        status,
-        reason: Some(reason.into()),
-        times,
-    }
-}
-
 /// Job i of a mixed run: its body and the terminal state it must reach.
 fn mixed_job(i: u64) -> (String, &'static str) {
     let (prefix, want) = match i % 20 {

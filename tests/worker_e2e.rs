@@ -6,33 +6,14 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use apns_worker::mock::{Faults, TokenRule};
+use apns_worker::mock::Faults;
 use common::broker::{self, Got};
 use common::*;
 use serde_json::json;
 
-fn rule(prefix: &str, status: u16, reason: &str, times: Option<u32>) -> TokenRule {
-    TokenRule {
-        prefix: prefix.into(),
-        status,
-        reason: Some(reason.into()),
-        times,
-    }
-}
-
 fn job(token: &str, id: &str) -> String {
     json!({"id": id, "device_token": token, "topic": TOPIC, "payload": {"aps": {"alert": "hello"}}})
         .to_string()
-}
-
-fn validator(name: &str) -> jsonschema::Validator {
-    let path = format!("{}/schemas/{name}", env!("CARGO_MANIFEST_DIR"));
-    let schema: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-    jsonschema::options()
-        .should_validate_formats(true)
-        .build(&schema)
-        .unwrap()
 }
 
 fn by_id(msgs: &[Got]) -> BTreeMap<String, Got> {
@@ -135,7 +116,7 @@ async fn every_row_of_the_settlement_table() {
     assert_eq!(summary.unknown_outcomes, 0);
 
     // Dead letters: original body, the reason headers, valid against the headers schema.
-    let dl_schema = validator("dead-letter-headers.schema.json");
+    let dl_schema = schema_validator("dead-letter-headers.schema.json");
     let dead = by_id(&broker::drain_queue(&conn, &q.dead_letter_queue).await);
     for (prefix, want) in rows {
         let Some(rest) = want.strip_prefix("dead:") else {
@@ -195,7 +176,7 @@ async fn every_row_of_the_settlement_table() {
     assert_eq!(dead.len(), 5 + 6, "nothing else was dead-lettered");
 
     // Cleanup events: one per dead token, valid against the schema, routed by topic.
-    let ev_schema = validator("token-cleanup-event.schema.json");
+    let ev_schema = schema_validator("token-cleanup-event.schema.json");
     let events = broker::drain_queue(&conn, &q.cleanup_queue).await;
     assert_eq!(events.len(), 4);
     let mut reasons: Vec<String> = Vec::new();

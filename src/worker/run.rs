@@ -582,33 +582,15 @@ async fn execute(
             delay,
             reason,
         } => {
-            let mut headers = vec![
+            let headers = [
                 ("x-attempts", HeaderValue::Int(i64::from(*attempt))),
-                ("x-apns-hop", HeaderValue::Int(i64::from(hop) + 1)),
                 ("x-apns-last-reason", HeaderValue::Text(reason.clone())),
             ];
-            if let Some(id) = &apns_id {
-                headers.push(("x-apns-id", HeaderValue::Text(id.clone())));
-            }
-            let queue = amqp::delay_queue_name(q, delay.level_ms);
-            publish_retrying(s, "", &queue, &inc.body, || {
-                inc.props_with(&headers, Some(delay.ttl_ms))
-            })
-            .await
+            to_delay_queue(s, q, inc, *delay, hop, apns_id.as_deref(), &headers).await
         }
         Settlement::Park { delay, reason } => {
-            let mut headers = vec![
-                ("x-apns-parked", HeaderValue::Text(reason.clone())),
-                ("x-apns-hop", HeaderValue::Int(i64::from(hop) + 1)),
-            ];
-            if let Some(id) = &apns_id {
-                headers.push(("x-apns-id", HeaderValue::Text(id.clone())));
-            }
-            let queue = amqp::delay_queue_name(q, delay.level_ms);
-            publish_retrying(s, "", &queue, &inc.body, || {
-                inc.props_with(&headers, Some(delay.ttl_ms))
-            })
-            .await
+            let headers = [("x-apns-parked", HeaderValue::Text(reason.clone()))];
+            to_delay_queue(s, q, inc, *delay, hop, apns_id.as_deref(), &headers).await
         }
     };
     let st = &w.stats;
@@ -673,6 +655,29 @@ async fn execute(
             guard.requeue();
         }
     }
+}
+
+/// Republish a job to the delay queue of `delay` (a retry or a park): a new message,
+/// one hop further, carrying its apns-id so the copy is recognised.
+async fn to_delay_queue(
+    s: &Session,
+    q: &crate::config::QueueSettings,
+    inc: &Incoming,
+    delay: settle::DelayQueue,
+    hop: u32,
+    apns_id: Option<&str>,
+    extra: &[(&'static str, HeaderValue)],
+) -> Result<(), PublishError> {
+    let mut headers = extra.to_vec();
+    headers.push(("x-apns-hop", HeaderValue::Int(i64::from(hop) + 1)));
+    if let Some(id) = apns_id {
+        headers.push(("x-apns-id", HeaderValue::Text(id.to_string())));
+    }
+    let queue = amqp::delay_queue_name(q, delay.level_ms);
+    publish_retrying(s, "", &queue, &inc.body, || {
+        inc.props_with(&headers, Some(delay.ttl_ms))
+    })
+    .await
 }
 
 /// When the job was published, in ms since the epoch: the producer's

@@ -185,3 +185,43 @@ pub fn worker_config(
 pub mod process;
 pub mod proxy;
 pub mod tools;
+
+/// A mock answer rule by device-token prefix.
+pub fn rule(
+    prefix: &str,
+    status: u16,
+    reason: &str,
+    times: Option<u32>,
+) -> apns_worker::mock::TokenRule {
+    apns_worker::mock::TokenRule {
+        prefix: prefix.into(),
+        status,
+        reason: Some(reason.into()),
+        times,
+    }
+}
+
+/// A validator for one of the published schemas (formats checked).
+pub fn schema_validator(name: &str) -> jsonschema::Validator {
+    let path = format!("{}/schemas/{name}", env!("CARGO_MANIFEST_DIR"));
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&schema)
+        .unwrap()
+}
+
+/// One raw HTTP/2 connection to the mock (for requests our client would never send).
+pub async fn raw_connection(m: &Mock) -> std::sync::Arc<apns_worker::apns::connection::Connection> {
+    use apns_worker::apns::connection::{ConnectOptions, Connection};
+    let opts = ConnectOptions {
+        endpoint: m.mock.endpoint(),
+        tls: apns_worker::apns::tls::client_config(Some(&m.ca), None).unwrap(),
+        connect_timeout: std::time::Duration::from_secs(5),
+        ping_interval: std::time::Duration::from_secs(60),
+        ping_timeout: std::time::Duration::from_secs(10),
+        max_streams: 10,
+    };
+    Connection::connect(1, &opts).await.unwrap()
+}
