@@ -54,7 +54,8 @@ pub async fn delete_topology(conn: &Connection, q: &QueueSettings, r: &RetrySett
             .into_iter()
             .map(|l| amqp::delay_queue_name(q, l)),
     );
-    for name in queues {
+    // An empty name (a queue not declared) would fail and close the channel.
+    for name in queues.into_iter().filter(|n| !n.is_empty()) {
         let _ = ch
             .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
             .await;
