@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod metrics;
 pub mod mock;
+pub mod otel_metrics;
 pub mod publish;
 pub mod secret;
 pub mod signals;

@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Handles of the per-message hot series, so the common case neither allocates
     /// label strings nor looks the family up.
     hot: std::sync::RwLock<std::collections::HashMap<String, Hot>>,
+    /// The OTLP instruments, when OTLP metrics are on (see `otel_metrics`).
+    pub otel: std::sync::OnceLock<crate::otel_metrics::OtelInstruments>,
 }
 
 #[derive(Clone, Debug)]
@@ -105,6 +107,7 @@ impl Default for Metrics {
             end_to_end,
             dead_letters,
             hot: Default::default(),
+            otel: Default::default(),
         }
     }
 }
@@ -140,15 +143,25 @@ impl Metrics {
 
     /// One send's duration.
     pub fn observe_send(&self, app: &str, status: SendStatus, secs: f64) {
-        if status == SendStatus::Http(200) {
-            self.hot(app).sent_200.observe(secs);
-            return;
-        }
-        let status = match status {
+        let label = || match status {
             SendStatus::Http(s) => s.to_string(),
             SendStatus::NotSent => "not_sent".into(),
             SendStatus::Unknown => "unknown".into(),
         };
+        if let Some(o) = self.otel.get() {
+            o.send_duration.record(
+                secs,
+                &[
+                    opentelemetry::KeyValue::new("app", app.to_string()),
+                    opentelemetry::KeyValue::new("status", label()),
+                ],
+            );
+        }
+        if status == SendStatus::Http(200) {
+            self.hot(app).sent_200.observe(secs);
+            return;
+        }
+        let status = label();
         self.send_duration
             .get_or_create(&SendLabels {
                 app: app.to_string(),
@@ -157,7 +170,39 @@ impl Metrics {
             .observe(secs);
     }
 
+    /// From publication to settlement.
+    pub fn observe_end_to_end(&self, secs: f64) {
+        self.end_to_end.observe(secs);
+        if let Some(o) = self.otel.get() {
+            o.end_to_end.record(secs, &[]);
+        }
+    }
+
+    pub fn dead_letter(&self, reason: &str) {
+        self.dead_letters
+            .get_or_create(&ReasonLabels {
+                reason: reason.to_string(),
+            })
+            .inc();
+        if let Some(o) = self.otel.get() {
+            o.dead_letters.add(
+                1,
+                &[opentelemetry::KeyValue::new("reason", reason.to_string())],
+            );
+        }
+    }
+
     pub fn job(&self, app: &str, outcome: &str, reason: &str) {
+        if let Some(o) = self.otel.get() {
+            o.jobs.add(
+                1,
+                &[
+                    opentelemetry::KeyValue::new("app", app.to_string()),
+                    opentelemetry::KeyValue::new("outcome", outcome.to_string()),
+                    opentelemetry::KeyValue::new("reason", reason.to_string()),
+                ],
+            );
+        }
         if outcome == "delivered" && reason.is_empty() {
             self.hot(app).delivered.inc();
             return;

@@ -9,6 +9,9 @@
 //! `OTEL_*` variables apply: service name, headers, timeout, sampler). Each job gets one
 //! span, a child of the W3C `traceparent` its producer put in the AMQP headers.
 //! Otherwise no job span is created at all.
+//!
+//! Metrics: with the same variables (`..._METRICS_ENDPOINT`), the figures of `/metrics`
+//! are also exported over OTLP every `OTEL_METRIC_EXPORT_INTERVAL` (see `otel_metrics`).
 
 use std::io::IsTerminal;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,6 +24,17 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 static JOB_SPANS: AtomicBool = AtomicBool::new(false);
+static OTLP_METRICS: AtomicBool = AtomicBool::new(false);
+
+/// Is an OTLP meter provider installed (so the worker should feed it)?
+pub fn otlp_metrics_on() -> bool {
+    OTLP_METRICS.load(Ordering::Relaxed)
+}
+
+/// Say a meter provider is installed (tests install their own).
+pub fn set_otlp_metrics(on: bool) {
+    OTLP_METRICS.store(on, Ordering::Relaxed);
+}
 
 /// Are job spans wanted (a trace exporter is installed)?
 pub fn job_spans() -> bool {
@@ -36,6 +50,7 @@ pub fn set_job_spans(on: bool) {
 #[derive(Default)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    meters: Option<opentelemetry_sdk::metrics::SdkMeterProvider>,
 }
 
 impl Drop for Telemetry {
@@ -43,15 +58,36 @@ impl Drop for Telemetry {
         if let Some(p) = self.provider.take() {
             let _ = p.shutdown();
         }
+        if let Some(m) = self.meters.take() {
+            let _ = m.shutdown();
+        }
     }
 }
 
-fn otlp_wanted() -> bool {
+/// Is OTLP export of `signal` (traces, metrics) configured? The standard variables:
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_<SIGNAL>_ENDPOINT`, unless
+/// `OTEL_SDK_DISABLED=true` or `OTEL_<SIGNAL>_EXPORTER=none`.
+fn otlp_wanted(signal: &str) -> bool {
     let set = |k: &str| std::env::var(k).map(|v| !v.is_empty()).unwrap_or(false);
+    let upper = signal.to_uppercase();
     let disabled = std::env::var("OTEL_SDK_DISABLED")
         .map(|v| v.eq_ignore_ascii_case("true"))
         .unwrap_or(false);
-    !disabled && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
+    let none = std::env::var(format!("OTEL_{upper}_EXPORTER"))
+        .map(|v| v == "none")
+        .unwrap_or(false);
+    !disabled
+        && !none
+        && (set("OTEL_EXPORTER_OTLP_ENDPOINT")
+            || set(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")))
+}
+
+fn resource() -> opentelemetry_sdk::Resource {
+    opentelemetry_sdk::Resource::builder()
+        .with_service_name(
+            std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| "apns-worker".into()),
+        )
+        .build()
 }
 
 pub fn init_logging() -> Telemetry {
@@ -78,7 +114,7 @@ pub fn init_logging_with(default_level: &str) -> Telemetry {
     });
     let text_layer = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
     let mut telemetry = Telemetry::default();
-    let otel_layer = if otlp_wanted() {
+    let otel_layer = if otlp_wanted("traces") {
         match opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
@@ -86,14 +122,7 @@ pub fn init_logging_with(default_level: &str) -> Telemetry {
             Ok(exporter) => {
                 let provider = SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
-                    .with_resource(
-                        opentelemetry_sdk::Resource::builder()
-                            .with_service_name(
-                                std::env::var("OTEL_SERVICE_NAME")
-                                    .unwrap_or_else(|_| "apns-worker".into()),
-                            )
-                            .build(),
-                    )
+                    .with_resource(resource())
                     .build();
                 let layer =
                     tracing_opentelemetry::layer().with_tracer(provider.tracer("apns-worker"));
@@ -108,6 +137,24 @@ pub fn init_logging_with(default_level: &str) -> Telemetry {
     } else {
         None
     };
+    if otlp_wanted("metrics") {
+        // Periodic export, every OTEL_METRIC_EXPORT_INTERVAL (default 60 s).
+        match opentelemetry_otlp::MetricExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => {
+                let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
+                    .with_periodic_exporter(exporter)
+                    .with_resource(resource())
+                    .build();
+                opentelemetry::global::set_meter_provider(meters.clone());
+                OTLP_METRICS.store(true, Ordering::Relaxed);
+                telemetry.meters = Some(meters);
+            }
+            Err(e) => eprintln!("OTLP metric exporter not started: {e}"),
+        }
+    }
     set_job_spans(otel_layer.is_some());
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),

@@ -93,6 +93,9 @@ impl Worker {
 /// Run until `shutdown` resolves; then drain, requeue what is left, and return the summary.
 pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
     let worker = Worker::start(cfg, Arc::new(SystemClock))?;
+    if crate::telemetry::otlp_metrics_on() {
+        crate::otel_metrics::install(&worker);
+    }
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(addr) = worker.cfg.admin.addr()? {
         let (_, admin) = crate::admin::bind(addr, worker.clone(), async move {
@@ -610,12 +613,7 @@ async fn execute(
                 }
                 Settlement::DeadLetter(dl) => {
                     st.dead_letter(&dl.reason);
-                    w.metrics
-                        .dead_letters
-                        .get_or_create(&crate::metrics::ReasonLabels {
-                            reason: dl.reason.clone(),
-                        })
-                        .inc();
+                    w.metrics.dead_letter(&dl.reason);
                     (&st.dead_lettered_any, "dead_letter", dl.reason.as_str())
                 }
                 Settlement::Retry { reason, .. } => (&st.retried, "retry", reason.as_str()),
@@ -631,8 +629,7 @@ async fn execute(
                     .map(|d| d.as_millis() as u64)
                     .unwrap_or(0);
                 w.metrics
-                    .end_to_end
-                    .observe(now.saturating_sub(ms) as f64 / 1000.0);
+                    .observe_end_to_end(now.saturating_sub(ms) as f64 / 1000.0);
             }
             guard.ack();
         }
