@@ -638,3 +638,65 @@ async fn secrets_never_reach_logs() {
     }
     broker::delete_topology(&conn, &q, &r).await;
 }
+
+/// A second SIGTERM while draining exits at once (the broker redelivers what was in
+/// flight); the first alone would wait for the drain deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_exits_at_once() {
+    let m = mock(Faults {
+        latency_ms: 20_000,
+        ..Faults::default()
+    })
+    .await;
+    let q = broker::topology("twosignals");
+    let r = broker::fast_retry();
+    let child = child_config(&m, "twosignals-worker", &q, &r, "");
+    let conn = broker::connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    apns_worker::worker::amqp::declare_topology(&ch, &q, &r)
+        .await
+        .unwrap();
+    broker::publish_jobs(&conn, &q.jobs, (0..20).map(job_for).collect()).await;
+    let log = child._dir.path().join("w.log");
+    let p = WorkerProcess::spawn(&child.config, log.clone(), "info");
+    // Every job is in the worker's hands (unacked, answers 20 s away).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while broker::depth(&conn, &q.jobs).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the worker did not take the jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.signal("TERM");
+    // The second signal once the first has been taken (the worker says so).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("shutdown signal received")
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the first signal was not seen"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    p.signal("TERM");
+    let (status, summary, took) = p.wait(Duration::from_secs(4)).await;
+    assert_eq!(
+        status.code(),
+        Some(130),
+        "exit at once: {status:?} after {took:?}"
+    );
+    assert!(summary.is_none());
+    // Nothing was acked: the broker has every job back.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while broker::depth(&conn, &q.jobs).await < 20 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "jobs not redelivered"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    broker::delete_topology(&conn, &q, &r).await;
+}

@@ -439,6 +439,15 @@ impl Consumer {
         }
     }
 
+    /// Close the consuming channel (after its acks were sent).
+    pub async fn close(&self) {
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.channel.close(200, "bye".into()),
+        )
+        .await;
+    }
+
     /// Stop receiving deliveries (unacked ones stay ours to settle).
     pub async fn cancel(&self) {
         let _ = self

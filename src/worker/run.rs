@@ -168,7 +168,7 @@ pub async fn serve(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> S
                 .await;
             old.abort_all();
         }
-        let end = consume(&worker, &conn, session, &mut shutdown).await;
+        let end = consume(&worker, &conn, session.clone(), &mut shutdown).await;
         worker.health.consuming.store(false, Ordering::Relaxed);
         worker
             .health
@@ -176,6 +176,7 @@ pub async fn serve(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> S
             .store(false, Ordering::Relaxed);
         match end {
             End::Shutdown => {
+                let _ = session.publisher.channel().close(200, "bye".into()).await;
                 amqp::close(&conn).await;
                 break;
             }
@@ -313,6 +314,7 @@ async fn drain(w: &Worker, consumer: &Consumer, acker: &Acker, mut tasks: JoinSe
         while tasks.join_next().await.is_some() {}
     }
     acker.flush().await;
+    consumer.close().await;
 }
 
 fn now_secs() -> u64 {
