@@ -16,24 +16,48 @@ use std::path::PathBuf;
 
 use crate::apns::endpoint::EndpointKind;
 
-/// Options of `apns-worker mock-apns`.
-#[derive(Clone, Debug)]
+/// Options of `apns-worker mock-apns` (also its command-line arguments).
+#[derive(Clone, Debug, clap::Args)]
 pub struct StandaloneOptions {
+    #[arg(long, default_value = "127.0.0.1:2197")]
     pub listen: std::net::SocketAddr,
-    /// Where to write the CA certificate that clients must trust.
+    /// Write the mock's CA certificate here; clients trust it with `ca_file`.
+    #[arg(long, default_value = "mock-apns-ca.pem")]
     pub ca_out: PathBuf,
-    /// A fault script (TOML, the fields of [`Faults`]).
+    /// Fault script (TOML, the fields of `Faults`): unregistered tokens, answer rules,
+    /// GOAWAY, resets, latency...
+    #[arg(long)]
     pub faults: Option<PathBuf>,
+    /// Stream limit after the first authenticated request.
+    #[arg(long, default_value_t = 1000)]
     pub max_streams: u32,
+    /// `sandbox` adds apns-unique-id to answers, as Apple's sandbox does.
+    #[arg(long, default_value = "sandbox", value_parser = parse_environment)]
     pub environment: EndpointKind,
+    #[arg(long, default_value = "TEAM123456")]
     pub team_id: String,
+    #[arg(long, default_value = "KEY1234567")]
     pub key_id: String,
-    /// Write a new signing key here (`.p8`) and accept tokens signed with it.
+    /// Generate a signing key, write it here (.p8) and accept its tokens.
+    #[arg(long)]
     pub key_out: Option<PathBuf>,
-    /// Or accept tokens signed by the private half of this public key (PEM).
+    /// Accept tokens signed by the key whose public half (PEM) is in this file.
+    #[arg(long)]
     pub public_key: Option<PathBuf>,
+    /// Extra DNS names for the server certificate (e.g. the compose service name).
+    #[arg(long = "server-name")]
     pub server_names: Vec<String>,
-    pub record: bool,
+    /// Do not keep a record of each request (long benchmark runs).
+    #[arg(long)]
+    pub no_record: bool,
+}
+
+fn parse_environment(s: &str) -> Result<EndpointKind, String> {
+    match s {
+        "sandbox" => Ok(EndpointKind::Sandbox),
+        "production" => Ok(EndpointKind::Production),
+        _ => Err("sandbox or production".into()),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +103,7 @@ pub async fn run_standalone(
         max_streams: opts.max_streams,
         environment: opts.environment,
         faults,
-        record: opts.record,
+        record: !opts.no_record,
         server_names: opts.server_names.clone(),
         ..MockConfig::default()
     })
