@@ -383,6 +383,22 @@ fn path_error<E: std::fmt::Display>(prefix: &str, e: serde_path_to_error::Error<
     }
 }
 
+/// The exact reason a job body does not parse as a job, with the field's path.
+fn explain_wire_error(body: &[u8]) -> JobError {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    match serde_path_to_error::deserialize::<_, Wire<'_>>(&mut de) {
+        Err(e) if e.inner().is_syntax() || e.inner().is_eof() => {
+            JobError::NotJson(e.into_inner().to_string())
+        }
+        Err(e) => JobError::Schema(path_error("", e)),
+        Ok(_) => match de.end() {
+            Err(e) => JobError::NotJson(e.to_string()),
+            // Cannot happen: the plain parse of the same bytes failed.
+            Ok(()) => JobError::NotJson("the job does not parse".into()),
+        },
+    }
+}
+
 /// The apns-id of a job: its id (a UUID, or a UUIDv5 of it), else the AMQP message
 /// id, else the `x-apns-id` the worker stamped on an earlier attempt.
 pub fn derive_apns_id(job_id: Option<&str>, env: &Envelope<'_>) -> Option<Uuid> {
@@ -415,15 +431,12 @@ pub fn decode(
             return Err(JobError::ContentType(ct.to_string()));
         }
     }
-    let mut de = serde_json::Deserializer::from_slice(body);
-    let wire: Wire<'_> = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        if e.inner().is_syntax() || e.inner().is_eof() {
-            JobError::NotJson(e.into_inner().to_string())
-        } else {
-            JobError::Schema(path_error("", e))
-        }
-    })?;
-    de.end().map_err(|e| JobError::NotJson(e.to_string()))?;
+    // Plain serde first; only a job that fails is parsed again with path tracking,
+    // to name the exact field in its error.
+    let wire: Wire<'_> = match serde_json::from_slice(body) {
+        Ok(w) => w,
+        Err(_) => return Err(explain_wire_error(body)),
+    };
     let raw = wire.payload.get();
     if !raw.trim_start().starts_with('{') {
         return Err(JobError::PayloadNotObject);
@@ -431,9 +444,12 @@ pub fn decode(
     if depth(raw) > MAX_DEPTH {
         return Err(JobError::TooDeep);
     }
-    let mut pde = serde_json::Deserializer::from_str(raw);
-    let _: PayloadCheck = serde_path_to_error::deserialize(&mut pde)
-        .map_err(|e| JobError::Schema(path_error("payload.", e)))?;
+    if serde_json::from_str::<PayloadCheck>(raw).is_err() {
+        let mut pde = serde_json::Deserializer::from_str(raw);
+        let checked: Result<PayloadCheck, _> = serde_path_to_error::deserialize(&mut pde);
+        let e = checked.err().expect("the payload failed to parse once");
+        return Err(JobError::Schema(path_error("payload.", e)));
+    }
     if let Some(id) = &wire.id {
         if id.is_empty() || id.len() > 200 {
             return Err(JobError::BadId);
