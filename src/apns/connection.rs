@@ -101,18 +101,20 @@ impl StreamFailure {
 }
 
 /// Decide resend-safety of a failed stream. A GOAWAY covers the streams up to its
-/// last-stream-id (they may have been processed) and refuses the rest.
+/// last-stream-id (they may have been processed) and promises that none above it was
+/// (RFC 9113 §6.8), whatever error the stream then ended with locally (a GOAWAY between
+/// opening a stream and sending its body shows up as a user error on the body).
 pub fn attempt_error(
     failure: StreamFailure,
     stream_id: u32,
     goaway_last: Option<u32>,
     detail: String,
 ) -> AttemptError {
+    if goaway_last.is_some_and(|last| stream_id > last) {
+        return AttemptError::NotSent(format!("stream above GOAWAY's last-stream-id: {detail}"));
+    }
     match failure {
         StreamFailure::Refused => AttemptError::NotSent(format!("stream refused: {detail}")),
-        StreamFailure::RemoteGoAway if goaway_last.is_some_and(|last| stream_id > last) => {
-            AttemptError::NotSent(format!("stream above GOAWAY's last-stream-id: {detail}"))
-        }
         _ => AttemptError::Unknown(detail),
     }
 }
@@ -609,7 +611,8 @@ mod tests {
             (StreamFailure::RemoteGoAway, 7, Some(7), false),
             (StreamFailure::RemoteGoAway, 5, Some(7), false),
             (StreamFailure::RemoteGoAway, 9, None, false),
-            (StreamFailure::Other, 9, Some(1), false),
+            (StreamFailure::Other, 9, Some(1), true),
+            (StreamFailure::Other, 1, Some(1), false),
             (StreamFailure::Other, 1, None, false),
         ];
         for (failure, id, last, resend) in rows {
