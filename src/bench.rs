@@ -295,8 +295,8 @@ async fn delete_queues(conn: &lapin::Connection, q: &QueueSettings, extra: &[Str
     }
 }
 
-/// One full run.
-pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+/// A mock APNs that keeps no records, and a scratch directory for its CA and key.
+async fn mock_and_dir(what: &str) -> Result<(MockApns, PathBuf), BenchError> {
     let mock = MockApns::start(MockConfig {
         record: false,
         ..MockConfig::default()
@@ -304,10 +304,16 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     .await
     .map_err(|e| BenchError::Setup(e.to_string()))?;
     let dir = std::env::temp_dir().join(format!(
-        "apns-worker-bench-{}",
+        "apns-worker-{what}-{}",
         uuid::Uuid::new_v4().simple()
     ));
     std::fs::create_dir_all(&dir)?;
+    Ok((mock, dir))
+}
+
+/// One full run.
+pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+    let (mock, dir) = mock_and_dir("bench").await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let q = QueueSettings::with_prefix(&format!("bench.{}.", &id[..8]));
     let config = worker_config(opts, &q, &mock, &dir)?;
@@ -501,17 +507,7 @@ pub async fn sender_only(
     connections: usize,
     payload_bytes: usize,
 ) -> Result<f64, BenchError> {
-    let mock = MockApns::start(MockConfig {
-        record: false,
-        ..MockConfig::default()
-    })
-    .await
-    .map_err(|e| BenchError::Setup(e.to_string()))?;
-    let dir = std::env::temp_dir().join(format!(
-        "apns-worker-sender-{}",
-        uuid::Uuid::new_v4().simple()
-    ));
-    std::fs::create_dir_all(&dir)?;
+    let (mock, dir) = mock_and_dir("sender").await?;
     let ca = dir.join("ca.pem");
     mock.write_ca(&ca)
         .map_err(|e| BenchError::Setup(e.to_string()))?;
