@@ -7,4 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 ./ops/install-tools.sh
+# The example binaries are run by tests/examples.rs; `cargo test --all-targets` compiles
+# examples only as test harnesses, so build the real executables first.
+cargo build --release --examples
 exec cargo test --release --all-targets "$@"

@@ -101,7 +101,7 @@ async fn the_rust_cleanup_consumer_reads_the_events() {
         .await
         .unwrap();
     }
-    // Built with the tests (cargo test --all-targets builds examples).
+    // Built by ./test.sh (`cargo build --release --examples`) before the tests run.
     let exe = std::env::current_exe()
         .unwrap()
         .parent()
@@ -111,7 +111,7 @@ async fn the_rust_cleanup_consumer_reads_the_events() {
         .join("examples/token_cleanup_consumer");
     assert!(
         exe.exists(),
-        "{} not built: run the tests with --all-targets",
+        "{} not built: run ./test.sh, which builds the examples first",
         exe.display()
     );
     let out = tools::run_ok(Command::new(exe).args([
