@@ -661,3 +661,27 @@ async fn the_mock_accepts_lenient_tokens_like_apns() {
         .unwrap();
     assert_eq!((r.status, r.reason), (200, None));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_withdrawn_when_its_stream_is_granted_sends_nothing() {
+    let m = mock(Faults::default()).await;
+    let app = m.token_app(TEAM, KEY, 1);
+    let c = app_client(&app, &fast_settings());
+    let asked = std::sync::atomic::AtomicU32::new(0);
+    let r = c
+        .send_checked(&notification(&token("ab", 1)), || {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            false
+        })
+        .await;
+    assert_eq!(
+        r.unwrap_err(),
+        apns_worker::apns::client::SendError::Withdrawn
+    );
+    assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(m.mock.stats().answered, 0, "nothing reached APNs");
+    // The stream went back: the next send goes out.
+    let d = c.send(&notification(&token("ab", 2))).await.unwrap();
+    assert_eq!(d.outcome, Outcome::Delivered);
+    assert_eq!(m.mock.stats().answered, 1);
+}

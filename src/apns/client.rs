@@ -61,6 +61,9 @@ pub enum SendError {
     /// Signing a provider token failed (the key is unusable).
     #[error("provider token: {0}")]
     Token(String),
+    /// The caller's check said stop when a stream was granted; nothing was sent.
+    #[error("withdrawn before sending")]
+    Withdrawn,
 }
 
 impl SendError {
@@ -69,7 +72,7 @@ impl SendError {
         match self {
             SendError::NotSent(m) => Outcome::RetryLater(RetryCause::NotSent(m.clone())),
             SendError::Unknown(m) => Outcome::RetryLater(RetryCause::Unknown(m.clone())),
-            SendError::Token(_) => Outcome::CredentialsBroken {
+            SendError::Token(_) | SendError::Withdrawn => Outcome::CredentialsBroken {
                 status: 0,
                 reason: None,
             },
@@ -259,6 +262,19 @@ impl AppClient {
 
     /// Send one notification: see the module docs for the order of limits.
     pub async fn send(&self, n: &Notification) -> Result<Delivery, SendError> {
+        self.send_checked(n, || true).await
+    }
+
+    /// `send`, but `proceed` is asked each time a stream is granted, just before the
+    /// request goes out; when it says no, nothing is sent and the answer is
+    /// `SendError::Withdrawn`. The worker's circuit breaker uses it so that jobs which
+    /// passed the gate before the app's credentials were found broken, and still wait
+    /// for a stream, are not sent with the broken credentials.
+    pub async fn send_checked(
+        &self,
+        n: &Notification,
+        proceed: impl Fn() -> bool,
+    ) -> Result<Delivery, SendError> {
         let (signer, pool) = self
             .route(n.topic())
             .ok_or_else(|| SendError::NoKeyForTopic {
@@ -277,6 +293,9 @@ impl AppClient {
                 .acquire(deadline)
                 .await
                 .map_err(|e| SendError::NotSent(e.to_string()))?;
+            if !proceed() {
+                return Err(SendError::Withdrawn);
+            }
             let req = n.request(&self.authority, token.as_ref().map(|t| t.authorization()));
             // An attempt, once started, gets its whole request timeout: cutting it short
             // because the wait for a stream was long would only turn answers into Unknowns.
@@ -379,11 +398,21 @@ impl ApnsClient {
     }
 
     pub async fn send(&self, app: &str, n: &Notification) -> Result<Delivery, SendError> {
+        self.send_checked(app, n, || true).await
+    }
+
+    /// `AppClient::send_checked` of the app named `app`.
+    pub async fn send_checked(
+        &self,
+        app: &str,
+        n: &Notification,
+        proceed: impl Fn() -> bool,
+    ) -> Result<Delivery, SendError> {
         let a = self
             .apps
             .get(app)
             .ok_or_else(|| SendError::UnknownApp(app.to_string()))?;
-        a.send(n).await
+        a.send_checked(n, proceed).await
     }
 
     pub async fn close(&self, grace: Duration) {

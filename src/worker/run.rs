@@ -24,7 +24,7 @@ use super::recent::{Key, Recent};
 use super::settle::{self, AckKind, Settlement};
 use super::stats::{Stats, Summary};
 use crate::apns::classify::{Outcome, RetryCause};
-use crate::apns::client::{ApnsClient, ClientError};
+use crate::apns::client::{ApnsClient, ClientError, SendError};
 use crate::apns::jwt::{Clock, SystemClock};
 use crate::config::Config;
 
@@ -453,21 +453,27 @@ async fn decide_job(
     }
     let circuit = w.circuits.get(&job.app).expect("every app has a circuit");
     let gate = circuit.lock().expect("circuit lock").gate(Instant::now());
+    let park = |rng: &mut fastrand::Rng| {
+        let parked = Outcome::CredentialsBroken {
+            status: 0,
+            reason: None,
+        };
+        settle::decide(&parked, &ctx(SystemTime::now()), rng)
+    };
     if gate == Gate::Park {
-        return settle::decide(
-            &Outcome::CredentialsBroken {
-                status: 0,
-                reason: None,
-            },
-            &ctx(SystemTime::now()),
-            &mut rng,
-        );
+        return park(&mut rng);
     }
     if inc.redelivered {
         Stats::inc(&w.stats.redelivered_resent);
     }
     let started = Instant::now();
-    let sent = w.client.send(&job.app, n).await;
+    // Asked again when a stream is granted: jobs that passed the gate before the app's
+    // credentials were found broken, and still wait for a stream, are parked unsent.
+    let proceed = || gate == Gate::Probe || circuit.lock().expect("circuit lock").is_closed();
+    let sent = w.client.send_checked(&job.app, n, proceed).await;
+    if let Err(SendError::Withdrawn) = sent {
+        return park(&mut rng);
+    }
     let outcome = match &sent {
         Ok(d) => d.outcome.clone(),
         Err(e) => e.outcome(),
