@@ -685,3 +685,53 @@ async fn a_send_withdrawn_when_its_stream_is_granted_sends_nothing() {
     assert_eq!(d.outcome, Outcome::Delivered);
     assert_eq!(m.mock.stats().answered, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_cut_into_several_data_frames_arrive_byte_for_byte() {
+    use apns_worker::apns::notification::{Notification, NotificationParts, PushType};
+    let m = mock(Faults::default()).await;
+    let app = m.token_app(TEAM, KEY, 1);
+    let c = app_client(&app, &fast_settings());
+    // Around each cut (1023 bytes) and up to the largest payloads (4096 alert, 5120 voip).
+    let sizes = [40, 1022, 1023, 1024, 2046, 2047, 3000, 4096];
+    let body = |size: usize, i: usize| {
+        let head = format!(r#"{{"aps":{{"alert":"n{i}"}},"pad":""#);
+        let pad = size - head.len() - 2;
+        let s = format!(
+            "{head}{}\"}}",
+            "abcdefghij".repeat(pad / 10 + 1)[..pad].to_string()
+        );
+        assert_eq!(s.len(), size);
+        bytes::Bytes::from(s)
+    };
+    let mut sent = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        sent.push((PushType::Alert, TOPIC.to_string(), body(*size, i)));
+    }
+    sent.push((PushType::Voip, format!("{TOPIC}.voip"), body(5120, 99)));
+    for (i, (push_type, topic, payload)) in sent.iter().enumerate() {
+        let n = Notification::new(NotificationParts {
+            device_token: token("cd", i as u64),
+            topic: topic.clone(),
+            push_type: *push_type,
+            priority: None,
+            expiration: None,
+            collapse_id: None,
+            apns_id: None,
+            payload: payload.clone(),
+        })
+        .unwrap();
+        let d = c.send(&n).await.unwrap();
+        assert_eq!(d.outcome, Outcome::Delivered, "{} bytes", payload.len());
+    }
+    let got = m.mock.received();
+    assert_eq!(got.len(), sent.len());
+    for (r, (_, _, payload)) in got.iter().zip(&sent) {
+        assert_eq!(
+            &r.payload,
+            payload,
+            "{} bytes arrive unchanged",
+            payload.len()
+        );
+    }
+}

@@ -271,7 +271,10 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Sniffer<T> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        // Deliberately not vectored, although TLS is: h2 then copies DATA frames below
+        // 1024 bytes into its 16 KiB write buffer instead of chaining them, and chaining
+        // forces a write (a syscall) per frame. See DATA_CHUNK and docs/benchmarks.md.
+        false
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -296,6 +299,12 @@ impl std::fmt::Debug for Connection {
             .finish()
     }
 }
+
+/// The largest DATA frame we send. h2 (0.4) copies a frame's payload into its write
+/// buffer when it is below 1024 bytes on a non-vectored writer and otherwise chains it,
+/// which costs one write to the socket per frame. Bodies are cut to stay below, so the
+/// frames of many requests leave in one write. Measured: docs/benchmarks.md.
+const DATA_CHUNK: usize = 1023;
 
 /// Upper bound on the error body we read (APNs sends a short JSON object).
 const MAX_BODY: usize = 16 * 1024;
@@ -486,6 +495,13 @@ impl Connection {
             }
         };
         let stream_id = u32::from(response.stream_id());
+        let mut body = body;
+        while body.len() > DATA_CHUNK {
+            let head = body.split_to(DATA_CHUNK);
+            if let Err(e) = stream.send_data(head, false) {
+                return Err(self.failure(&e, stream_id, "sending the body"));
+            }
+        }
         if let Err(e) = stream.send_data(body, true) {
             return Err(self.failure(&e, stream_id, "sending the body"));
         }

@@ -9,8 +9,6 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures_util::FutureExt;
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use h2::RecvStream;
 use h2::server::SendResponse;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -493,7 +491,10 @@ async fn serve_connection(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStre
         }
     };
     let mut shutdown = state.shutdown.clone();
-    let mut handlers = FuturesUnordered::new();
+    // Each request is its own task, as in hyper: the connection task accepts every
+    // request its socket holds before the handlers run, and their answers then go out
+    // together in one write instead of one write each.
+    let mut handlers = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             biased;
@@ -502,7 +503,7 @@ async fn serve_connection(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStre
                 return;
             }
             _ = stopped(&mut shutdown) => return,
-            Some(()) = handlers.next(), if !handlers.is_empty() => {}
+            Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             next = h2conn.accept() => match next {
                 Some(Ok((req, respond))) => {
                     let stream_id = u32::from(respond.stream_id());
@@ -537,7 +538,7 @@ async fn serve_connection(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStre
                     if faults.limit_drop_after == Some(n) {
                         ctl.announce_limit(faults.limit_drop_to.unwrap_or(1));
                     }
-                    handlers.push(handle(state.clone(), conn_state.clone(), faults, req, respond).boxed());
+                    handlers.spawn(handle(state.clone(), conn_state.clone(), faults, req, respond));
                 }
                 Some(Err(e)) => {
                     tracing::debug!(connection = id, error = %e, "mock connection error");
@@ -554,7 +555,7 @@ async fn serve_connection(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStre
     let _ = tokio::time::timeout(Duration::from_secs(5), async {
         loop {
             tokio::select! {
-                Some(()) = handlers.next(), if !handlers.is_empty() => {}
+                Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
                 _ = std::future::poll_fn(|cx| h2conn.poll_closed(cx)) => return,
                 _ = conn_state.kill.notified() => return,
             }
@@ -648,7 +649,7 @@ async fn handle(
     let h = &parts.headers;
     let apns_id = header(h, "apns-id")
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .unwrap_or_else(|| random_uuid(&mut rng).to_string());
     let record = |status: u16, reason: Option<&Reason>, what: &'static str| {
         if state.record.load(Ordering::Relaxed) {
             state
@@ -684,7 +685,7 @@ async fn handle(
                 .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
                 .header("apns-id", apns_id.as_str());
             if status == 200 && state.environment == EndpointKind::Sandbox {
-                b = b.header("apns-unique-id", uuid::Uuid::new_v4().to_string());
+                b = b.header("apns-unique-id", random_uuid(&mut rng).to_string());
             }
             let body = match (&reason, timestamp) {
                 (Some(r), Some(ts)) => format!(r#"{{"reason":"{r}","timestamp":{ts}}}"#),
@@ -747,6 +748,11 @@ async fn handle(
             conn.kill.notify_one();
         }
     }
+}
+
+/// A version-4 UUID from the handler's generator (no getrandom call per answer).
+fn random_uuid(rng: &mut fastrand::Rng) -> uuid::Uuid {
+    uuid::Builder::from_random_bytes(rng.u128(..).to_le_bytes()).into_uuid()
 }
 
 fn device_token_of(parts: &http::request::Parts) -> String {
