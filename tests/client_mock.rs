@@ -697,10 +697,7 @@ async fn bodies_cut_into_several_data_frames_arrive_byte_for_byte() {
     let body = |size: usize, i: usize| {
         let head = format!(r#"{{"aps":{{"alert":"n{i}"}},"pad":""#);
         let pad = size - head.len() - 2;
-        let s = format!(
-            "{head}{}\"}}",
-            "abcdefghij".repeat(pad / 10 + 1)[..pad].to_string()
-        );
+        let s = format!("{head}{}\"}}", &"abcdefghij".repeat(pad / 10 + 1)[..pad]);
         assert_eq!(s.len(), size);
         bytes::Bytes::from(s)
     };
