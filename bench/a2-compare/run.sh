@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Sender-only: apns-worker's client vs the a2 crate, same mock, same machine, same run.
-#   bench/a2-compare/run.sh [notifications] [concurrency]
+#   bench/a2-compare/run.sh [notifications per round] [in flight] [rounds]
 set -euo pipefail
 cd "$(dirname "$0")"
 src=$(ls -d "${CARGO_HOME:-$HOME/.cargo}"/registry/src/*/a2-0.10.0 2>/dev/null | head -1 || true)
@@ -39,4 +39,4 @@ s = s.replace("""fn default_connector() -> HyperConnector {
 assert "A2_ENDPOINT" in s and "A2_EXTRA_CA" in s, "a2's source changed; update run.sh"
 open(p, "w").write(s)
 PY
-cargo run --release -q -- "${1:-200000}" "${2:-2000}"
+cargo run --release -q -- "${1:-200000}" "${2:-1000}" "${3:-3}"

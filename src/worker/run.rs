@@ -1,8 +1,9 @@
 //! `apns-worker run`: the broker session loop, one task per delivery, and the one
 //! place where a settlement is carried out.
 //!
-//! Data flow: delivery → `job::decode` → (circuit gate) → `ApnsClient::send` →
-//! `Outcome` → `settle::decide` → `execute` (publish if needed, confirmed) → guard
+//! Data flow: delivery → `job::decode` → (circuit gate) → `ApnsClient::send_checked`
+//! (the circuit asked again when a stream is granted) → `Outcome` → `settle::decide` →
+//! `execute` (publish if needed, confirmed) → guard
 //! ack/requeue → `Acker` (coalesced acks on the delivery's own channel).
 
 use std::collections::BTreeMap;
