@@ -324,6 +324,26 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let conn = amqp::connect(&broker).await?;
     let ch = conn.create_channel().await?;
     amqp::declare_topology(&ch, &q, &Config::default().retry).await?;
+    let bare = format!("{}bare", q.jobs);
+    // Whatever happens in the measurements, the topology and the scratch directory go.
+    let result = measure(opts, &conn, &ch, &q, &mock, &config, &bare).await;
+    delete_queues(&conn, &q, &[bare]).await;
+    let _ = ch.close(200, "done".into()).await;
+    amqp::close(&conn).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    result
+}
+
+/// Steps 1-3 of `run`: the bare consumer, the worker's drain, the latency phase.
+async fn measure(
+    opts: &BenchOptions,
+    conn: &lapin::Connection,
+    ch: &lapin::Channel,
+    q: &QueueSettings,
+    mock: &MockApns,
+    config: &Path,
+    bare: &str,
+) -> Result<BenchReport, BenchError> {
     let mut report = BenchReport {
         jobs: opts.jobs,
         payload_bytes: opts.payload_bytes,
@@ -334,7 +354,6 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     };
 
     // 1. The broker's ceiling on the same kind of queue.
-    let bare = format!("{}bare", q.jobs);
     if !opts.drain_only {
         let mut args = FieldTable::default();
         args.insert(
@@ -342,7 +361,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             lapin::types::AMQPValue::LongString("quorum".into()),
         );
         ch.queue_declare(
-            bare.as_str().into(),
+            bare.into(),
             QueueDeclareOptions {
                 durable: true,
                 ..Default::default()
@@ -351,15 +370,15 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         )
         .await?;
         eprintln!("bench: publishing {} jobs for the bare consumer", opts.jobs);
-        publish_all(&conn, &bare, opts.jobs, opts.payload_bytes, "bare").await?;
-        let per_sec = bare_consumer(&conn, &bare, opts.jobs, opts.prefetch).await?;
+        publish_all(conn, bare, opts.jobs, opts.payload_bytes, "bare").await?;
+        let per_sec = bare_consumer(conn, bare, opts.jobs, opts.prefetch).await?;
         eprintln!("bench: bare consumer {per_sec:.0}/s");
         report.bare_consumer_per_sec = Some(per_sec);
     }
 
     // 2. The worker draining a full queue.
     eprintln!("bench: publishing {} jobs for the worker", opts.jobs);
-    publish_all(&conn, &q.jobs, opts.jobs, opts.payload_bytes, "drain").await?;
+    publish_all(conn, &q.jobs, opts.jobs, opts.payload_bytes, "drain").await?;
     let child = tokio::process::Command::new(&opts.worker_bin)
         .args(["run", "--config"])
         .arg(&config)
@@ -378,9 +397,9 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         ticks_per_sec: ticks_per_sec(),
     };
     // The clock starts at the first answer (connections are up, consuming has begun).
-    wait_answered(&mock, 1, Duration::from_secs(60)).await?;
+    wait_answered(mock, 1, Duration::from_secs(60)).await?;
     let (t0, cpu0) = (Instant::now(), worker.cpu_secs());
-    let t1 = wait_answered(&mock, opts.jobs, Duration::from_secs(600)).await?;
+    let t1 = wait_answered(mock, opts.jobs, Duration::from_secs(600)).await?;
     let cpu1 = worker.cpu_secs();
     let secs = (t1 - t0).as_secs_f64();
     report.drain_per_sec = (opts.jobs - 1) as f64 / secs;
@@ -428,7 +447,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             c.await?;
         }
         let _ = pch.close(200, "done".into()).await;
-        wait_answered(&mock, opts.jobs + n, Duration::from_secs(60)).await?;
+        wait_answered(mock, opts.jobs + n, Duration::from_secs(60)).await?;
         mock.set_record(false);
         let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
             .expect("histogram bounds");
@@ -449,10 +468,6 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
         .args(["-TERM", &worker.pid.to_string()])
         .status();
     let _ = tokio::time::timeout(Duration::from_secs(30), worker.child.wait()).await;
-    delete_queues(&conn, &q, &[bare]).await;
-    let _ = ch.close(200, "done".into()).await;
-    amqp::close(&conn).await;
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(report)
 }
 
