@@ -381,7 +381,7 @@ async fn measure(
     publish_all(conn, &q.jobs, opts.jobs, opts.payload_bytes, "drain").await?;
     let child = tokio::process::Command::new(&opts.worker_bin)
         .args(["run", "--config"])
-        .arg(&config)
+        .arg(config)
         .env("APNS_WORKER__BROKER__URL", &opts.broker_url)
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
