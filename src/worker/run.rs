@@ -464,9 +464,6 @@ async fn decide_job(
     if gate == Gate::Park {
         return park(&mut rng);
     }
-    if inc.redelivered {
-        Stats::inc(&w.stats.redelivered_resent);
-    }
     let started = Instant::now();
     // Asked again when a stream is granted: jobs that passed the gate before the app's
     // credentials were found broken, and still wait for a stream, are parked unsent.
@@ -474,6 +471,10 @@ async fn decide_job(
     let sent = w.client.send_checked(&job.app, n, proceed).await;
     if let Err(SendError::Withdrawn) = sent {
         return park(&mut rng);
+    }
+    if inc.redelivered {
+        // Sent (or tried) again: it may be a duplicate of another process's send.
+        Stats::inc(&w.stats.redelivered_resent);
     }
     let outcome = match &sent {
         Ok(d) => d.outcome.clone(),
