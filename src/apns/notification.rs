@@ -319,7 +319,12 @@ impl Notification {
         if let Some(id) = p.apns_id {
             let mut buf = Uuid::encode_buffer();
             let s = id.hyphenated().encode_lower(&mut buf);
-            headers.push((&APNS_ID, HeaderValue::from_str(s).expect("uuid is ascii")));
+            let mut v = HeaderValue::from_str(s).expect("uuid is ascii");
+            // Never indexed (HPACK 6.2.3): an apns-id does not repeat, and indexing
+            // each one evicted the headers that do (topic, push type) and made every
+            // request walk a chain of stale ids in h2's table.
+            v.set_sensitive(true);
+            headers.push((&APNS_ID, v));
         }
         let path = PathAndQuery::try_from(format!("/3/device/{}", p.device_token))
             .expect("hex token is a valid path");

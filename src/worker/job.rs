@@ -7,7 +7,10 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use serde::Deserialize;
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
 use uuid::Uuid;
 
@@ -53,21 +56,30 @@ pub enum JobError {
 /// Deepest nesting of objects and arrays accepted in a payload.
 pub const MAX_DEPTH: usize = 32;
 
-/// Nesting depth of a JSON text that is already known to be valid.
+/// Nesting depth of a JSON text that is already known to be valid. Strings are
+/// skipped with `memchr` (payload bytes are mostly string content).
 fn depth(json: &str) -> usize {
-    let (mut d, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
-    for b in json.bytes() {
-        if in_str {
-            match (esc, b) {
-                (true, _) => esc = false,
-                (false, b'\\') => esc = true,
-                (false, b'"') => in_str = false,
-                _ => {}
+    let b = json.as_bytes();
+    let (mut d, mut max, mut i) = (0usize, 0usize, 0usize);
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'"' => {
+                i += 1;
+                // To the closing quote, stepping over escapes (`\"`, `\\`).
+                loop {
+                    let Some(k) = b
+                        .get(i..)
+                        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                    else {
+                        return max;
+                    };
+                    i += k;
+                    if b[i] == b'"' {
+                        break;
+                    }
+                    i += 2;
+                }
             }
-            continue;
-        }
-        match b {
-            b'"' => in_str = true,
             b'{' | b'[' => {
                 d += 1;
                 max = max.max(d);
@@ -75,6 +87,7 @@ fn depth(json: &str) -> usize {
             b'}' | b']' => d = d.saturating_sub(1),
             _ => {}
         }
+        i += 1;
     }
     max
 }
@@ -103,6 +116,9 @@ struct Wire<'a> {
 }
 
 /// The typed part of a payload: `aps`. Keys outside `aps` are the app's own.
+///
+/// The check types below keep nothing: strings, lists and dictionaries are checked
+/// for their JSON type and dropped, so checking a payload allocates nothing.
 #[derive(Deserialize)]
 #[allow(dead_code)]
 struct PayloadCheck {
@@ -119,60 +135,136 @@ struct Aps {
     alert: Option<Alert>,
     badge: Option<u32>,
     sound: Option<Sound>,
-    thread_id: Option<String>,
-    category: Option<String>,
+    thread_id: Option<Str>,
+    category: Option<Str>,
     content_available: Option<OneFlag>,
     mutable_content: Option<OneFlag>,
     interruption_level: Option<InterruptionLevel>,
     relevance_score: Option<UnitInterval>,
-    filter_criteria: Option<String>,
-    target_content_id: Option<String>,
+    filter_criteria: Option<Str>,
+    target_content_id: Option<Str>,
     timestamp: Option<u64>,
     event: Option<LiveActivityEvent>,
-    content_state: Option<serde_json::Map<String, serde_json::Value>>,
+    content_state: Option<Dict>,
     stale_date: Option<u64>,
     dismissal_date: Option<u64>,
-    attributes_type: Option<String>,
-    attributes: Option<serde_json::Map<String, serde_json::Value>>,
+    attributes_type: Option<Str>,
+    attributes: Option<Dict>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// A JSON string, checked and dropped.
+struct Str;
+
+impl<'de> Deserialize<'de> for Str {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Str, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Str;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Str, E> {
+                Ok(Str)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A JSON object of any content, checked and dropped.
+struct Dict;
+
+impl<'de> Deserialize<'de> for Dict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dict, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Dict;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dict, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Dict)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `alert`: a string, or a dictionary of Apple's alert keys.
 #[allow(dead_code)]
 enum Alert {
-    Text(String),
-    Dict(Box<AlertDict>),
+    Text,
+    Dict(AlertDict),
+}
+
+impl<'de> Deserialize<'de> for Alert {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Alert, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Alert;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or an alert dictionary")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Alert, E> {
+                Ok(Alert::Text)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Alert, A::Error> {
+                AlertDict::deserialize(de::value::MapAccessDeserializer::new(map)).map(Alert::Dict)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
 #[serde(rename_all = "kebab-case")]
 #[allow(dead_code)]
 struct AlertDict {
-    title: Option<String>,
-    subtitle: Option<String>,
-    body: Option<String>,
-    launch_image: Option<String>,
-    title_loc_key: Option<String>,
-    title_loc_args: Option<Vec<String>>,
-    subtitle_loc_key: Option<String>,
-    subtitle_loc_args: Option<Vec<String>>,
-    loc_key: Option<String>,
-    loc_args: Option<Vec<String>>,
+    title: Option<Str>,
+    subtitle: Option<Str>,
+    body: Option<Str>,
+    launch_image: Option<Str>,
+    title_loc_key: Option<Str>,
+    title_loc_args: Option<Vec<Str>>,
+    subtitle_loc_key: Option<Str>,
+    subtitle_loc_args: Option<Vec<Str>>,
+    loc_key: Option<Str>,
+    loc_args: Option<Vec<Str>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// `sound`: a file name, or a critical-alert dictionary.
 #[allow(dead_code)]
 enum Sound {
-    Name(String),
+    Name,
     Critical(CriticalSound),
+}
+
+impl<'de> Deserialize<'de> for Sound {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Sound, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Sound;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a sound name or a critical sound dictionary")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Sound, E> {
+                Ok(Sound::Name)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Sound, A::Error> {
+                CriticalSound::deserialize(de::value::MapAccessDeserializer::new(map))
+                    .map(Sound::Critical)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
 #[allow(dead_code)]
 struct CriticalSound {
     critical: Option<OneFlag>,
-    name: Option<String>,
+    name: Option<Str>,
     volume: Option<UnitInterval>,
 }
 
@@ -783,5 +875,45 @@ mod tests {
         .unwrap();
         assert!(j.expired(1001));
         assert!(!j.expired(1000));
+    }
+
+    /// The byte-by-byte depth scan the memchr one replaced: the reference.
+    fn depth_bytewise(json: &str) -> usize {
+        let (mut d, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+        for b in json.bytes() {
+            if in_str {
+                match (esc, b) {
+                    (true, _) => esc = false,
+                    (false, b'\\') => esc = true,
+                    (false, b'"') => in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_str = true,
+                b'{' | b'[' => {
+                    d += 1;
+                    max = max.max(d);
+                }
+                b'}' | b']' => d = d.saturating_sub(1),
+                _ => {}
+            }
+        }
+        max
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        assert_eq!(depth(r#"{"a":[{"b":"[[{{\"}}"}]}"#), 3);
+        assert_eq!(depth(r#"{"a\\":{"b":1}}"#), 2);
+        assert_eq!(depth("{}"), 1);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn depth_agrees_with_the_bytewise_scan(s in r#"[\[\]{}"\\ax]{0,64}"#) {
+            proptest::prop_assert_eq!(depth(&s), depth_bytewise(&s));
+        }
     }
 }
