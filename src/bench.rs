@@ -72,6 +72,8 @@ pub struct BenchReport {
     pub drain_per_sec: f64,
     pub ratio_to_bare: Option<f64>,
     pub cpu_us_per_notification: f64,
+    /// CPU of this process during the drain: the mock APNs (and the harness waiting).
+    pub mock_cpu_us_per_notification: f64,
     pub peak_rss_mib: f64,
     pub latency_rate: Option<u64>,
     pub latency_p50_ms: Option<f64>,
@@ -80,8 +82,8 @@ pub struct BenchReport {
     pub latency_samples: Option<u64>,
 }
 
-/// `jobs` job bodies with unique ids and tokens, payloads of about `bytes`.
-fn job_body(i: u64, payload_bytes: usize, id: &str) -> String {
+/// Job `i` of a bench run: a unique id and token, a payload of about `payload_bytes`.
+pub fn job_body(i: u64, payload_bytes: usize, id: &str) -> String {
     let token = format!("{:016x}{}", i, "0".repeat(48));
     let base = json!({"aps": {"alert": {"title": "Benchmark", "body": format!("notification {i}")}}, "pad": ""}).to_string();
     let pad = "x".repeat(payload_bytes.saturating_sub(base.len()));
@@ -99,12 +101,7 @@ struct Proc {
 impl Proc {
     /// user+sys CPU seconds so far (all threads).
     fn cpu_secs(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the ")" of the command name: state is field 3; utime 14, stime 15.
-        let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = after.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        (ticks(11) + ticks(12)) / self.ticks_per_sec
+        cpu_secs(self.pid, self.ticks_per_sec)
     }
 
     fn status_kib(&self, field: &str) -> f64 {
@@ -115,6 +112,16 @@ impl Proc {
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0.0)
     }
+}
+
+/// user+sys CPU seconds a process has used so far (all threads).
+fn cpu_secs(pid: u32, ticks_per_sec: f64) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the ")" of the command name: state is field 3; utime 14, stime 15.
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / ticks_per_sec
 }
 
 fn ticks_per_sec() -> f64 {
@@ -295,14 +302,81 @@ async fn delete_queues(conn: &lapin::Connection, q: &QueueSettings, extra: &[Str
     }
 }
 
+/// The mock APNs on a thread of its own, with a single-threaded runtime: it answers as a
+/// remote APNs would, without the harness's tasks or thread hops in its way (on the
+/// harness's multi-threaded runtime it cost more CPU per answer than the worker).
+struct MockThread {
+    mock: MockApns,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MockThread {
+    async fn start(cfg: MockConfig) -> Result<MockThread, BenchError> {
+        let (started_tx, started) = tokio::sync::oneshot::channel();
+        let (stop, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("mock-apns".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = started_tx.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    match MockApns::start(cfg).await {
+                        Ok(mock) => {
+                            let _ = started_tx.send(Ok(mock));
+                            let _ = stop_rx.await;
+                        }
+                        Err(e) => {
+                            let _ = started_tx.send(Err(e.to_string()));
+                        }
+                    }
+                });
+            })?;
+        let mock = started
+            .await
+            .map_err(|_| BenchError::Setup("the mock's thread ended at once".into()))?
+            .map_err(BenchError::Setup)?;
+        Ok(MockThread {
+            mock,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl std::ops::Deref for MockThread {
+    type Target = MockApns;
+    fn deref(&self) -> &MockApns {
+        &self.mock
+    }
+}
+
+impl Drop for MockThread {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// A mock APNs that keeps no records, and a scratch directory for its CA and key.
-async fn mock_and_dir(what: &str) -> Result<(MockApns, PathBuf), BenchError> {
-    let mock = MockApns::start(MockConfig {
+async fn mock_and_dir(what: &str) -> Result<(MockThread, PathBuf), BenchError> {
+    let mock = MockThread::start(MockConfig {
         record: false,
         ..MockConfig::default()
     })
-    .await
-    .map_err(|e| BenchError::Setup(e.to_string()))?;
+    .await?;
     let dir = std::env::temp_dir().join(format!(
         "apns-worker-{what}-{}",
         uuid::Uuid::new_v4().simple()
@@ -398,18 +472,22 @@ async fn measure(
     };
     // The clock starts at the first answer (connections are up, consuming has begun).
     wait_answered(mock, 1, Duration::from_secs(60)).await?;
+    let me = std::process::id();
     let (t0, cpu0) = (Instant::now(), worker.cpu_secs());
+    let mock0 = cpu_secs(me, worker.ticks_per_sec);
     let t1 = wait_answered(mock, opts.jobs, Duration::from_secs(600)).await?;
     let cpu1 = worker.cpu_secs();
+    let mock1 = cpu_secs(me, worker.ticks_per_sec);
     let secs = (t1 - t0).as_secs_f64();
     report.drain_per_sec = (opts.jobs - 1) as f64 / secs;
     report.cpu_us_per_notification = (cpu1 - cpu0) * 1e6 / (opts.jobs - 1) as f64;
+    report.mock_cpu_us_per_notification = (mock1 - mock0) * 1e6 / (opts.jobs - 1) as f64;
     report.ratio_to_bare = report
         .bare_consumer_per_sec
         .map(|b| report.drain_per_sec / b);
     eprintln!(
-        "bench: worker drained at {:.0}/s, {:.1} µs CPU each",
-        report.drain_per_sec, report.cpu_us_per_notification
+        "bench: worker drained at {:.0}/s, {:.1} µs CPU each (mock {:.1} µs)",
+        report.drain_per_sec, report.cpu_us_per_notification, report.mock_cpu_us_per_notification
     );
 
     // 3. Latency at a fixed offered rate, the worker idle and warm.
@@ -498,6 +576,10 @@ pub fn print_table(r: &BenchReport) {
     println!(
         "  worker CPU per notification           {:.1} µs",
         r.cpu_us_per_notification
+    );
+    println!(
+        "  mock APNs CPU per notification        {:.1} µs (same machine)",
+        r.mock_cpu_us_per_notification
     );
     println!(
         "  worker peak RSS                       {:.1} MiB",

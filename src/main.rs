@@ -63,6 +63,13 @@ enum Command {
         /// SVG chart into this directory.
         #[arg(long)]
         sweep: Option<PathBuf>,
+        /// Only the worker's drain: no bare consumer, no latency phase.
+        #[arg(long)]
+        drain_only: bool,
+        /// The worker to run: another build to compare with this one, or a wrapper
+        /// script that `exec`s one under a profiler (default: this executable).
+        #[arg(long, env = "APNS_WORKER_BENCH_WORKER")]
+        worker_bin: Option<PathBuf>,
     },
     /// The whole flow on this machine: mock APNs, local RabbitMQ, worker, sample jobs
     /// with every outcome, and the outcome table. Cleans up after itself.
@@ -172,6 +179,8 @@ fn main() -> ExitCode {
                 sender_only,
                 concurrency,
                 sweep,
+                drain_only,
+                worker_bin,
             } => {
                 if sender_only {
                     let per_sec = apns_worker::bench::sender_only(jobs, concurrency, connections, payload_bytes)
@@ -190,8 +199,11 @@ fn main() -> ExitCode {
                     prefetch,
                     connections,
                     ack_batch,
-                    worker_bin: std::env::current_exe().map_err(|e| e.to_string())?,
-                    drain_only: false,
+                    worker_bin: match worker_bin {
+                        Some(bin) => bin,
+                        None => std::env::current_exe().map_err(|e| e.to_string())?,
+                    },
+                    drain_only,
                 };
                 if let Some(dir) = sweep {
                     apns_worker::bench::sweep(&opts, &dir).await.map_err(|e| e.to_string())?;
