@@ -56,14 +56,50 @@ pub enum JobError {
 /// Deepest nesting of objects and arrays accepted in a payload.
 pub const MAX_DEPTH: usize = 32;
 
-/// Nesting depth of a JSON text that is already known to be valid. Strings are
-/// skipped with `memchr` (payload bytes are mostly string content).
-fn depth(json: &str) -> usize {
+/// Where a payload's top-level `aps` value is, as found by [`scan_payload`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ApsAt {
+    Absent,
+    /// Byte range of the value.
+    At(usize, usize),
+    /// A top-level key has escapes (it may spell `aps`), or `aps` appears twice: only
+    /// a full parse can tell.
+    Unsure,
+}
+
+/// What one pass over a payload finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PayloadScan {
+    /// Deepest nesting of objects and arrays.
+    depth: usize,
+    aps: ApsAt,
+}
+
+/// One pass over a JSON object that is already known to be valid: its nesting depth,
+/// and where its top-level `aps` value is, so that only `aps` is parsed again. Strings
+/// are skipped with `memchr` (payload bytes are mostly string content).
+fn scan_payload(json: &str) -> PayloadScan {
     let b = json.as_bytes();
     let (mut d, mut max, mut i) = (0usize, 0usize, 0usize);
+    let (mut aps, mut unsure) = (ApsAt::Absent, false);
+    // At depth 1: is the next string a key; was the last key `aps`; where its value began.
+    let (mut expect_key, mut key_is_aps, mut value_from) = (false, false, None::<usize>);
+    let end_value = |at: usize, value_from: &mut Option<usize>, aps: &mut ApsAt| {
+        if let Some(from) = value_from.take() {
+            let v = &json[from..at];
+            let from = from + (v.len() - v.trim_start().len());
+            let to = at - (v.len() - v.trim_end().len());
+            *aps = match *aps {
+                ApsAt::Absent => ApsAt::At(from, to),
+                _ => ApsAt::Unsure,
+            };
+        }
+    };
     while let Some(&c) = b.get(i) {
         match c {
             b'"' => {
+                let open = i;
+                let mut escaped = false;
                 i += 1;
                 // To the closing quote, stepping over escapes (`\"`, `\\`).
                 loop {
@@ -71,25 +107,61 @@ fn depth(json: &str) -> usize {
                         .get(i..)
                         .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
                     else {
-                        return max;
+                        return PayloadScan {
+                            depth: max,
+                            aps: ApsAt::Unsure,
+                        };
                     };
                     i += k;
                     if b[i] == b'"' {
                         break;
                     }
+                    escaped = true;
                     i += 2;
                 }
+                if d == 1 && expect_key {
+                    expect_key = false;
+                    key_is_aps = !escaped && b[open + 1..i] == *b"aps";
+                    unsure |= escaped;
+                }
+            }
+            b':' if d == 1 && key_is_aps => {
+                key_is_aps = false;
+                value_from = Some(i + 1);
+            }
+            b',' if d == 1 => {
+                end_value(i, &mut value_from, &mut aps);
+                expect_key = true;
             }
             b'{' | b'[' => {
                 d += 1;
                 max = max.max(d);
+                expect_key = d == 1;
             }
-            b'}' | b']' => d = d.saturating_sub(1),
+            b'}' | b']' => {
+                if d == 1 {
+                    end_value(i, &mut value_from, &mut aps);
+                }
+                d = d.saturating_sub(1);
+            }
             _ => {}
         }
         i += 1;
     }
-    max
+    PayloadScan {
+        depth: max,
+        aps: if unsure { ApsAt::Unsure } else { aps },
+    }
+}
+
+/// Does the payload's `aps` have the types Apple documents? Parses only `aps` when the
+/// scan found it; the whole payload when the scan could not tell.
+fn aps_ok(raw: &str, at: ApsAt) -> bool {
+    match at {
+        ApsAt::Absent => true,
+        ApsAt::At(from, to) => serde_json::from_str::<Option<Aps>>(&raw[from..to]).is_ok(),
+        ApsAt::Unsure => serde_json::from_str::<PayloadCheck>(raw).is_ok(),
+    }
 }
 
 /// The wire form. Unknown fields are errors, not ignored.
@@ -533,14 +605,19 @@ pub fn decode(
     if !raw.trim_start().starts_with('{') {
         return Err(JobError::PayloadNotObject);
     }
-    if depth(raw) > MAX_DEPTH {
+    let scan = scan_payload(raw);
+    if scan.depth > MAX_DEPTH {
         return Err(JobError::TooDeep);
     }
-    if serde_json::from_str::<PayloadCheck>(raw).is_err() {
+    if !aps_ok(raw, scan.aps) {
+        // The whole payload again, with path tracking, to name the field. It is the
+        // authority: should it accept what the quick check refused, the job goes on.
         let mut pde = serde_json::Deserializer::from_str(raw);
         let checked: Result<PayloadCheck, _> = serde_path_to_error::deserialize(&mut pde);
-        let e = checked.err().expect("the payload failed to parse once");
-        return Err(JobError::Schema(path_error("payload.", e)));
+        if let Err(e) = checked {
+            return Err(JobError::Schema(path_error("payload.", e)));
+        }
+        tracing::warn!("the quick aps check refused a payload that the full parse accepts");
     }
     if let Some(id) = &wire.id {
         if id.is_empty() || id.len() > 200 {
@@ -905,15 +982,76 @@ mod tests {
 
     #[test]
     fn depth_counts_brackets_outside_strings_only() {
+        let depth = |s: &str| scan_payload(s).depth;
         assert_eq!(depth(r#"{"a":[{"b":"[[{{\"}}"}]}"#), 3);
         assert_eq!(depth(r#"{"a\\":{"b":1}}"#), 2);
         assert_eq!(depth("{}"), 1);
     }
 
+    #[test]
+    fn the_scan_finds_the_top_level_aps_value_only() {
+        let at = |s: &str| match scan_payload(s).aps {
+            ApsAt::At(from, to) => Some(s[from..to].to_string()),
+            _ => None,
+        };
+        let j = r#"{"x":"a,}b:\"aps\"", "aps" : {"alert":"hi"} ,"y":[1,{"aps":2}]}"#;
+        assert_eq!(at(j).as_deref(), Some(r#"{"alert":"hi"}"#));
+        assert_eq!(at(r#"{"aps":null}"#).as_deref(), Some("null"));
+        assert_eq!(at(r#"{"z":1,"aps":"x"}"#).as_deref(), Some(r#""x""#));
+        assert_eq!(scan_payload(r#"{"x":{"aps":{}}}"#).aps, ApsAt::Absent);
+        assert_eq!(scan_payload(r#"{"apsx":1,"ap":2}"#).aps, ApsAt::Absent);
+        assert_eq!(
+            scan_payload(r#"{"aps":{},"aps":{}}"#).aps,
+            ApsAt::Unsure,
+            "a duplicate is for serde to refuse"
+        );
+        assert_eq!(
+            scan_payload(r#"{"\u0061ps":{"alert":5}}"#).aps,
+            ApsAt::Unsure,
+            "an escaped key may spell aps"
+        );
+    }
+
     proptest::proptest! {
         #[test]
         fn depth_agrees_with_the_bytewise_scan(s in r#"[\[\]{}"\\ax]{0,64}"#) {
-            proptest::prop_assert_eq!(depth(&s), depth_bytewise(&s));
+            proptest::prop_assert_eq!(scan_payload(&s).depth, depth_bytewise(&s));
+        }
+
+        /// The quick check (only `aps`, found by the scan) accepts exactly what a full
+        /// parse of the payload accepts.
+        #[test]
+        fn the_aps_check_agrees_with_a_full_parse(
+            pairs in proptest::collection::vec((0usize..6, 0usize..16, 0usize..3), 0..5)
+        ) {
+            const KEYS: [&str; 6] = ["aps", r#"\u0061ps"#, "x", "apsx", "pad", r#"a\"ps"#];
+            const VALUES: [&str; 16] = [
+                r#"{"alert":"hi"}"#,
+                r#"{"alert":5}"#,
+                r#"{"badge":1,"sound":{"critical":1,"volume":0.5}}"#,
+                r#"{"sound":{"volume":3}}"#,
+                "null",
+                r#""te,x}t""#,
+                "[1,2]",
+                r#"{"alert":{"title":"t","loc-args":["a","b"]}}"#,
+                r#"{"alert":{"title":7}}"#,
+                r#"{"content-state":{"a":[1,{"b":"}"}]}}"#,
+                r#"{"content-state":5}"#,
+                r#""a\"b,}{""#,
+                r#"{"x":{"aps":{"alert":5}}}"#,
+                r#"{"badge":-1}"#,
+                r#"{ "interruption-level" : "critical" , "relevance-score" : 1 }"#,
+                "17",
+            ];
+            const SPACE: [&str; 3] = ["", " ", "\n\t "];
+            let body: Vec<String> = pairs
+                .iter()
+                .map(|&(k, v, w)| format!("{0}\"{1}\"{0}:{0}{2}{0}", SPACE[w], KEYS[k], VALUES[v]))
+                .collect();
+            let raw = format!("{{{}}}", body.join(","));
+            proptest::prop_assert!(serde_json::from_str::<serde_json::Value>(&raw).is_ok(), "{}", raw);
+            let full = serde_json::from_str::<PayloadCheck>(&raw).is_ok();
+            proptest::prop_assert_eq!(aps_ok(&raw, scan_payload(&raw).aps), full, "{}", raw);
         }
     }
 }
