@@ -204,9 +204,9 @@ struct PayloadCheck {
 #[serde(rename_all = "kebab-case")]
 #[allow(dead_code)]
 struct Aps {
-    alert: Option<Alert>,
+    alert: Option<StrOrDict<AlertDict>>,
     badge: Option<u32>,
-    sound: Option<Sound>,
+    sound: Option<StrOrDict<CriticalSound>>,
     thread_id: Option<Str>,
     category: Option<Str>,
     content_available: Option<OneFlag>,
@@ -263,29 +263,29 @@ impl<'de> Deserialize<'de> for Dict {
     }
 }
 
-/// `alert`: a string, or a dictionary of Apple's alert keys.
+/// `alert` and `sound`: a string, or a dictionary of `T`'s keys.
 #[allow(dead_code)]
-enum Alert {
-    Text,
-    Dict(AlertDict),
+enum StrOrDict<T> {
+    Str,
+    Dict(T),
 }
 
-impl<'de> Deserialize<'de> for Alert {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Alert, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Alert;
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for StrOrDict<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StrOrDict<T>, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = StrOrDict<T>;
             fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string or an alert dictionary")
+                f.write_str("a string or a dictionary")
             }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Alert, E> {
-                Ok(Alert::Text)
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<StrOrDict<T>, E> {
+                Ok(StrOrDict::Str)
             }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Alert, A::Error> {
-                AlertDict::deserialize(de::value::MapAccessDeserializer::new(map)).map(Alert::Dict)
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StrOrDict<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(StrOrDict::Dict)
             }
         }
-        d.deserialize_any(V)
+        d.deserialize_any(V(std::marker::PhantomData))
     }
 }
 
@@ -303,33 +303,6 @@ struct AlertDict {
     subtitle_loc_args: Option<Vec<Str>>,
     loc_key: Option<Str>,
     loc_args: Option<Vec<Str>>,
-}
-
-/// `sound`: a file name, or a critical-alert dictionary.
-#[allow(dead_code)]
-enum Sound {
-    Name,
-    Critical(CriticalSound),
-}
-
-impl<'de> Deserialize<'de> for Sound {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Sound, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Sound;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a sound name or a critical sound dictionary")
-            }
-            fn visit_str<E: de::Error>(self, _: &str) -> Result<Sound, E> {
-                Ok(Sound::Name)
-            }
-            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Sound, A::Error> {
-                CriticalSound::deserialize(de::value::MapAccessDeserializer::new(map))
-                    .map(Sound::Critical)
-            }
-        }
-        d.deserialize_any(V)
-    }
 }
 
 #[derive(Deserialize)]
