@@ -277,27 +277,50 @@ async fn wait_answered(mock: &MockApns, n: u64, within: Duration) -> Result<Inst
 }
 
 async fn delete_queues(conn: &lapin::Connection, q: &QueueSettings, extra: &[String]) {
-    if let Ok(ch) = conn.create_channel().await {
-        let mut names = vec![
-            q.jobs.clone(),
-            q.dead_letter_queue.clone(),
-            q.cleanup_queue.clone(),
-        ];
-        names.extend(
-            crate::worker::settle::delay_levels(&Config::default().retry)
-                .into_iter()
-                .map(|l| amqp::delay_queue_name(q, l)),
-        );
-        names.extend(extra.iter().cloned());
-        for n in names {
-            let _ = ch
-                .queue_delete(n.as_str().into(), QueueDeleteOptions::default())
-                .await;
+    let mut names = vec![
+        q.jobs.clone(),
+        q.dead_letter_queue.clone(),
+        q.cleanup_queue.clone(),
+    ];
+    names.extend(
+        crate::worker::settle::delay_levels(&Config::default().retry)
+            .into_iter()
+            .map(|l| amqp::delay_queue_name(q, l)),
+    );
+    names.extend(extra.iter().cloned());
+    // A failed delete closes its channel (once seen after a 1M-job drain: the jobs queue
+    // went, the rest stayed): each delete after a failure gets a fresh channel, and
+    // what could not be deleted is named.
+    let mut ch: Option<lapin::Channel> = None;
+    for n in names {
+        if ch.as_ref().is_none_or(|c| !c.status().connected()) {
+            ch = conn.create_channel().await.ok();
         }
-        for n in [&q.dead_letter_exchange, &q.cleanup_exchange] {
-            let _ = ch
+        let deleted = match &ch {
+            Some(c) => c
+                .queue_delete(n.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+            None => Err("no channel could be opened".to_string()),
+        };
+        if let Err(e) = deleted {
+            eprintln!("bench: could not delete queue {n}: {e}");
+            ch = None;
+        }
+    }
+    for n in [&q.dead_letter_exchange, &q.cleanup_exchange] {
+        if ch.as_ref().is_none_or(|c| !c.status().connected()) {
+            ch = conn.create_channel().await.ok();
+        }
+        if let Some(c) = &ch {
+            if let Err(e) = c
                 .exchange_delete(n.as_str().into(), Default::default())
-                .await;
+                .await
+            {
+                eprintln!("bench: could not delete exchange {n}: {e}");
+                ch = None;
+            }
         }
     }
 }
