@@ -5,10 +5,9 @@
 //! this decoder and the schema agree on a corpus of good and bad jobs.
 
 use std::collections::BTreeMap;
-
-use bytes::Bytes;
 use std::fmt;
 
+use bytes::Bytes;
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::value::RawValue;
