@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use h2::RecvStream;
 use h2::server::SendResponse;
-use http::{HeaderMap, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -24,6 +24,10 @@ use super::certs::{CertError, Issued, MockCa, generate_signing_key};
 use super::faults::{Action, Faults, now_ms};
 use super::shim::{Shim, ShimControl};
 use crate::apns::endpoint::{Endpoint, EndpointKind};
+use crate::apns::notification::{
+    APNS_COLLAPSE_ID, APNS_EXPIRATION, APNS_ID, APNS_PRIORITY, APNS_PUSH_TYPE, APNS_TOPIC,
+    APNS_UNIQUE_ID,
+};
 use crate::apns::response::Reason;
 use crate::apns::tls::provider;
 use crate::config::topic_matches;
@@ -580,7 +584,7 @@ struct Info {
     key_id: Option<String>,
 }
 
-fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
+fn header<'a>(h: &'a HeaderMap, name: &HeaderName) -> Option<&'a str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -647,9 +651,11 @@ async fn handle(
         return;
     }
     let h = &parts.headers;
-    let apns_id = header(h, "apns-id")
-        .map(str::to_owned)
-        .unwrap_or_else(|| random_uuid(&mut rng).to_string());
+    // The request's apns-id is echoed (HeaderValue clones share their bytes).
+    let apns_id = match h.get(&APNS_ID) {
+        Some(v) if v.to_str().is_ok() => never_indexed(v.clone()),
+        _ => uuid_header(&mut rng),
+    };
     let record = |status: u16, reason: Option<&Reason>, what: &'static str| {
         if state.record.load(Ordering::Relaxed) {
             state
@@ -660,12 +666,12 @@ async fn handle(
                     connection: conn.id,
                     stream_id,
                     device_token: token.clone(),
-                    topic: header(h, "apns-topic").map(str::to_owned),
-                    push_type: header(h, "apns-push-type").map(str::to_owned),
-                    priority: header(h, "apns-priority").map(str::to_owned),
-                    expiration: header(h, "apns-expiration").map(str::to_owned),
-                    collapse_id: header(h, "apns-collapse-id").map(str::to_owned),
-                    apns_id: Some(apns_id.clone()),
+                    topic: header(h, &APNS_TOPIC).map(str::to_owned),
+                    push_type: header(h, &APNS_PUSH_TYPE).map(str::to_owned),
+                    priority: header(h, &APNS_PRIORITY).map(str::to_owned),
+                    expiration: header(h, &APNS_EXPIRATION).map(str::to_owned),
+                    collapse_id: header(h, &APNS_COLLAPSE_ID).map(str::to_owned),
+                    apns_id: apns_id.to_str().ok().map(str::to_owned),
                     key_id: key_id.clone(),
                     payload: payload.clone(),
                     status,
@@ -681,18 +687,16 @@ async fn handle(
             reason,
             timestamp,
         } => {
-            let mut b = Response::builder()
-                .status(StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR))
-                .header("apns-id", apns_id.as_str());
+            let mut resp = answer_head(status, &apns_id);
             if status == 200 && state.environment == EndpointKind::Sandbox {
-                b = b.header("apns-unique-id", random_uuid(&mut rng).to_string());
+                resp.headers_mut()
+                    .insert(APNS_UNIQUE_ID.clone(), uuid_header(&mut rng));
             }
             let body = match (&reason, timestamp) {
                 (Some(r), Some(ts)) => format!(r#"{{"reason":"{r}","timestamp":{ts}}}"#),
                 (Some(r), None) => format!(r#"{{"reason":"{r}"}}"#),
                 (None, _) => String::new(),
             };
-            let resp = b.body(()).expect("valid response");
             let end = body.is_empty();
             match respond.send_response(resp, end) {
                 Ok(mut stream) => {
@@ -735,11 +739,7 @@ async fn handle(
             }
         }
         Action::CloseMidResponse => {
-            let resp = Response::builder()
-                .status(200)
-                .header("apns-id", apns_id.as_str())
-                .body(())
-                .expect("valid response");
+            let resp = answer_head(200, &apns_id);
             let _keep_open = respond.send_response(resp, false);
             record(200, None, "closed");
             state.count(|s| s.closed_mid_response += 1);
@@ -753,6 +753,28 @@ async fn handle(
 /// A version-4 UUID from the handler's generator (no getrandom call per answer).
 fn random_uuid(rng: &mut fastrand::Rng) -> uuid::Uuid {
     uuid::Builder::from_random_bytes(rng.u128(..).to_le_bytes()).into_uuid()
+}
+
+/// A fresh random UUID as a header value (formatted on the stack).
+fn uuid_header(rng: &mut fastrand::Rng) -> HeaderValue {
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    let id = random_uuid(rng).hyphenated().encode_lower(&mut buf);
+    never_indexed(HeaderValue::from_str(id).expect("a UUID is a valid header value"))
+}
+
+/// Ids are unique per answer: in HPACK's dynamic table they would only evict the
+/// headers that repeat (RFC 7541 6.2.3), as on the client side.
+fn never_indexed(mut v: HeaderValue) -> HeaderValue {
+    v.set_sensitive(true);
+    v
+}
+
+/// An answer's head: its status and the request's apns-id.
+fn answer_head(status: u16, apns_id: &HeaderValue) -> Response<()> {
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    resp.headers_mut().insert(APNS_ID.clone(), apns_id.clone());
+    resp
 }
 
 fn device_token_of(parts: &http::request::Parts) -> String {
@@ -787,19 +809,19 @@ fn validate(
     }
     let h = &parts.headers;
     for name in [
-        "apns-topic",
-        "apns-push-type",
-        "apns-priority",
-        "apns-expiration",
-        "apns-collapse-id",
-        "apns-id",
-        "authorization",
+        &APNS_TOPIC,
+        &APNS_PUSH_TYPE,
+        &APNS_PRIORITY,
+        &APNS_EXPIRATION,
+        &APNS_COLLAPSE_ID,
+        &APNS_ID,
+        &http::header::AUTHORIZATION,
     ] {
         if h.get_all(name).iter().count() > 1 {
             return Err((400, Reason::DuplicateHeaders));
         }
     }
-    let topic = header(h, "apns-topic");
+    let topic = header(h, &APNS_TOPIC);
     let key_id = match &conn.cert_topics {
         Some(topics) => {
             if topics.is_empty() {
@@ -814,7 +836,7 @@ fn validate(
         None => Some(verify_token(state, conn, h, topic)?),
     };
     let topic = topic.ok_or((400, Reason::MissingTopic))?;
-    let push_type = match header(h, "apns-push-type") {
+    let push_type = match header(h, &APNS_PUSH_TYPE) {
         None => crate::apns::notification::PushType::Alert,
         Some(p) => p.parse().map_err(|_| (400, Reason::InvalidPushType))?,
     };
@@ -823,22 +845,22 @@ fn validate(
             return Err((400, Reason::BadTopic));
         }
     }
-    if let Some(p) = header(h, "apns-priority") {
+    if let Some(p) = header(h, &APNS_PRIORITY) {
         if !matches!(p, "10" | "5" | "1") {
             return Err((400, Reason::BadPriority));
         }
     }
-    if let Some(e) = header(h, "apns-expiration") {
+    if let Some(e) = header(h, &APNS_EXPIRATION) {
         if e.parse::<u64>().is_err() {
             return Err((400, Reason::BadExpirationDate));
         }
     }
-    if let Some(c) = h.get("apns-collapse-id") {
+    if let Some(c) = h.get(&APNS_COLLAPSE_ID) {
         if c.len() > 64 {
             return Err((400, Reason::BadCollapseId));
         }
     }
-    if let Some(id) = header(h, "apns-id") {
+    if let Some(id) = header(h, &APNS_ID) {
         if uuid::Uuid::parse_str(id).is_err() {
             return Err((400, Reason::BadMessageId));
         }

@@ -18,6 +18,9 @@ use crate::apns::frames::{
     self, CLIENT_PREFACE, Event, FrameHeader, FrameScanner, HEADER_LEN, TYPE_PING, TYPE_SETTINGS,
 };
 
+/// How much the shim asks of TLS per read (a TLS record's plaintext is at most 16 KiB).
+const READ_CHUNK: usize = 16 * 1024;
+
 /// Who sent a SETTINGS frame, so its ACK goes to the right place.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Origin {
@@ -82,9 +85,10 @@ impl ShimControl {
 pub struct Shim<T> {
     inner: T,
     ctl: Arc<ShimControl>,
-    // read side
+    // read side: bytes from TLS; the first `passable` of them are whole frames (or the
+    // preface) that h2 may read, in place.
     raw: BytesMut,
-    ready: BytesMut,
+    passable: usize,
     preface_left: usize,
     eof: bool,
     // write side
@@ -97,8 +101,8 @@ impl<T> Shim<T> {
         Shim {
             inner,
             ctl,
-            raw: BytesMut::with_capacity(32 * 1024),
-            ready: BytesMut::with_capacity(32 * 1024),
+            raw: BytesMut::with_capacity(READ_CHUNK),
+            passable: 0,
             preface_left: CLIENT_PREFACE.len(),
             eof: false,
             scanner: FrameScanner::new(),
@@ -106,16 +110,19 @@ impl<T> Shim<T> {
         }
     }
 
-    /// Move whole frames from `raw` to `ready`, leaving out the ones the mock hides from h2.
+    /// Vet the whole frames after the passable prefix of `raw`: those h2 may see join the
+    /// prefix where they lie; those the mock hides from h2 are cut out.
     fn filter(&mut self) {
         if self.preface_left > 0 {
-            let n = self.preface_left.min(self.raw.len());
-            self.ready.extend_from_slice(&self.raw.split_to(n));
+            let n = self.preface_left.min(self.raw.len() - self.passable);
+            self.passable += n;
             self.preface_left -= n;
         }
-        while self.preface_left == 0 && self.raw.len() >= HEADER_LEN {
-            let h = FrameHeader::parse(&self.raw[..HEADER_LEN]);
-            if self.raw.len() < HEADER_LEN + h.len {
+        while self.preface_left == 0 && self.raw.len() - self.passable >= HEADER_LEN {
+            let at = self.passable;
+            let h = FrameHeader::parse(&self.raw[at..at + HEADER_LEN]);
+            let len = HEADER_LEN + h.len;
+            if self.raw.len() - at < len {
                 break;
             }
             let keep = match h.kind {
@@ -137,10 +144,14 @@ impl<T> Shim<T> {
                 _ => true,
             };
             if keep {
-                self.ready
-                    .extend_from_slice(&self.raw[..HEADER_LEN + h.len]);
+                self.passable += len;
+            } else if at == 0 {
+                self.raw.advance(len);
+            } else {
+                // Rare (a hidden frame behind frames h2 has not read yet): close the gap.
+                self.raw.copy_within(at + len.., at);
+                self.raw.truncate(self.raw.len() - len);
             }
-            self.raw.advance(HEADER_LEN + h.len);
         }
     }
 }
@@ -153,26 +164,25 @@ impl<T: AsyncRead + Unpin> AsyncRead for Shim<T> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
-            if !this.ready.is_empty() {
-                let n = this.ready.len().min(buf.remaining());
-                buf.put_slice(&this.ready.split_to(n));
+            if this.passable > 0 {
+                let n = this.passable.min(buf.remaining());
+                buf.put_slice(&this.raw[..n]);
+                this.raw.advance(n);
+                this.passable -= n;
                 return Poll::Ready(Ok(()));
             }
             if this.eof {
                 return Poll::Ready(Ok(()));
             }
-            let mut tmp = [0u8; 16 * 1024];
-            let mut rb = ReadBuf::new(&mut tmp);
-            match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
-                Poll::Ready(Ok(())) => {
-                    if rb.filled().is_empty() {
-                        this.eof = true;
-                    } else {
-                        this.raw.extend_from_slice(rb.filled());
-                        this.filter();
-                    }
-                }
-                other => return other,
+            // Read straight into `raw`'s spare room: no zeroed scratch buffer, no copy.
+            if this.raw.capacity() - this.raw.len() < READ_CHUNK / 4 {
+                this.raw.reserve(READ_CHUNK);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut this.inner), cx, &mut this.raw) {
+                Poll::Ready(Ok(0)) => this.eof = true,
+                Poll::Ready(Ok(_)) => this.filter(),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
             }
         }
     }
@@ -258,5 +268,95 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Shim<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::apns::frames::{FLAG_ACK, TYPE_DATA, TYPE_HEADERS};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    fn frame(kind: u8, flags: u8, stream_id: u32, payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        FrameHeader {
+            len: payload.len(),
+            kind,
+            flags,
+            stream_id,
+        }
+        .encode(&mut out);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    /// What the client sends and what h2 behind the shim must see of it.
+    fn client_bytes() -> (Vec<u8>, Vec<u8>) {
+        let settings = frame(TYPE_SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
+        let ping = frame(TYPE_PING, 0, 0, &[7; 8]);
+        let headers = frame(TYPE_HEADERS, 0x4, 1, &[0x82; 40]);
+        let ack = frame(TYPE_SETTINGS, FLAG_ACK, 0, &[]);
+        let data = frame(TYPE_DATA, 0x1, 1, &[b'x'; 3000]);
+        let mut sent = CLIENT_PREFACE.to_vec();
+        let mut seen = CLIENT_PREFACE.to_vec();
+        // A hidden ACK first (at the front of the buffer), then one behind frames h2
+        // has not read yet, and a dropped PING between two kept frames.
+        for (f, kept) in [
+            (&ack, false),
+            (&settings, true),
+            (&ping, false),
+            (&headers, true),
+            (&ack, false),
+            (&data, true),
+        ] {
+            sent.extend_from_slice(f);
+            if kept {
+                seen.extend_from_slice(f);
+            }
+        }
+        (sent, seen)
+    }
+
+    /// Send `sent` through a shim in writes of `chunk` bytes; return what h2 would read.
+    async fn through_shim(sent: Vec<u8>, chunk: usize) -> (Vec<u8>, Arc<ShimControl>) {
+        let ctl = ShimControl::new(5, Arc::new(AtomicBool::new(true)));
+        ctl.announce_limit(7);
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut shim = Shim::new(server, ctl.clone());
+        // Our two injected SETTINGS go out first, so the client's two ACKs are ours.
+        shim.flush().await.expect("flush");
+        let mut injected = vec![0u8; 2 * (HEADER_LEN + 6)];
+        client
+            .read_exact(&mut injected)
+            .await
+            .expect("injected SETTINGS");
+        let writer = tokio::spawn(async move {
+            for part in sent.chunks(chunk) {
+                client.write_all(part).await.expect("write");
+                tokio::task::yield_now().await;
+            }
+            client.shutdown().await.expect("shutdown");
+            client
+        });
+        let mut seen = Vec::new();
+        shim.read_to_end(&mut seen).await.expect("read");
+        drop(writer.await.expect("writer"));
+        (seen, ctl)
+    }
+
+    #[tokio::test]
+    async fn hidden_frames_are_cut_out_wherever_they_lie() {
+        let (sent, expected) = client_bytes();
+        for chunk in [sent.len(), 1, 7, 100, 1000] {
+            let (seen, ctl) = through_shim(sent.clone(), chunk).await;
+            assert_eq!(seen, expected, "writes of {chunk} bytes");
+            assert_eq!(
+                ctl.pings_dropped.load(Ordering::Relaxed),
+                1,
+                "chunk {chunk}"
+            );
+            assert_eq!(ctl.enforced_limit(), 7, "chunk {chunk}");
+            assert_eq!(ctl.acked.load(Ordering::SeqCst), 7, "both ACKs were ours");
+        }
     }
 }
