@@ -732,3 +732,49 @@ async fn bodies_cut_into_several_data_frames_arrive_byte_for_byte() {
         );
     }
 }
+
+/// The mock reads a body sent in several DATA frames whole (its handler keeps a
+/// one-frame body as received and joins the frames of a longer one). A raw h2 client,
+/// since ours always sends a payload in one frame.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mock_joins_a_payload_sent_in_several_data_frames() {
+    use apns_worker::apns::tls::{Identity, client_config};
+    use apns_worker::secret::Secret;
+
+    let m = mock(Faults::default()).await;
+    let issued = m.mock.issue_client_identity(&[TOPIC]).unwrap();
+    let identity = Identity {
+        chain: vec![issued.cert_der.clone()],
+        key: Secret::new(issued.key_der.clone_key()),
+    };
+    let tls_config = client_config(Some(&m.ca), Some(identity)).unwrap();
+    let tcp = tokio::net::TcpStream::connect(m.mock.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = tokio_rustls::TlsConnector::from(tls_config)
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    let (send, conn) = h2::client::handshake(tls).await.unwrap();
+    tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let device = token("ab", 1);
+    let req = http::Request::post(format!(
+        "https://localhost:{}/3/device/{device}",
+        m.mock.addr().port()
+    ))
+    .header("apns-topic", TOPIC)
+    .body(())
+    .unwrap();
+    let (answer, mut body) = send.send_request(req, false).unwrap();
+    let parts: [&[u8]; 3] = [br#"{"aps":{"alert":"#, br#""in three frames""#, b"}}"];
+    for (i, part) in parts.iter().enumerate() {
+        body.send_data(bytes::Bytes::copy_from_slice(part), i == parts.len() - 1)
+            .unwrap();
+    }
+    let answer = answer.await.unwrap();
+    assert_eq!(answer.status(), 200);
+    let got = m.mock.received();
+    assert_eq!(got.len(), 1);
+    assert_eq!(&got[0].payload[..], &parts.concat()[..]);
+    assert_eq!(got[0].device_token, device);
+}

@@ -495,6 +495,10 @@ async fn serve_connection(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStre
         }
     };
     let mut shutdown = state.shutdown.clone();
+    // Made once, not per request: both are polled at every turn of the loop.
+    let killed = conn_state.kill.notified();
+    let stop = stopped(&mut shutdown);
+    tokio::pin!(killed, stop);
     // Each request is its own task, as in hyper: the connection task accepts every
     // request its socket holds before the handlers run, and their answers then go out
     // together in one write instead of one write each.
@@ -502,11 +506,11 @@ async fn serve_connection(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStre
     loop {
         tokio::select! {
             biased;
-            _ = conn_state.kill.notified() => {
+            _ = &mut killed => {
                 state.pings_dropped_closed.fetch_add(ctl.pings_dropped.load(Ordering::Relaxed), Ordering::Relaxed);
                 return;
             }
-            _ = stopped(&mut shutdown) => return,
+            _ = &mut stop => return,
             Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
             next = h2conn.accept() => match next {
                 Some(Ok((req, respond))) => {
@@ -561,7 +565,7 @@ async fn serve_connection(state: Arc<State>, acceptor: TlsAcceptor, tcp: TcpStre
             tokio::select! {
                 Some(_) = handlers.join_next(), if !handlers.is_empty() => {}
                 _ = std::future::poll_fn(|cx| h2conn.poll_closed(cx)) => return,
-                _ = conn_state.kill.notified() => return,
+                _ = &mut killed => return,
             }
         }
     })
@@ -603,15 +607,24 @@ async fn handle(
     }
     let stream_id = u32::from(respond.stream_id());
     let (parts, mut body) = req.into_parts();
-    let mut payload = BytesMut::new();
+    // A payload in one DATA frame (the usual case) is kept as received, not copied.
+    let mut payload = Bytes::new();
+    let mut joined: Option<BytesMut> = None;
     while let Some(chunk) = body.data().await {
         let Ok(chunk) = chunk else { return };
         let _ = body.flow_control().release_capacity(chunk.len());
-        if payload.len() < 64 * 1024 {
-            payload.extend_from_slice(&chunk);
+        if payload.is_empty() && joined.is_none() {
+            payload = chunk;
+        } else {
+            let all = joined.get_or_insert_with(|| BytesMut::from(&payload[..]));
+            if all.len() < 64 * 1024 {
+                all.extend_from_slice(&chunk);
+            }
         }
     }
-    let payload = payload.freeze();
+    if let Some(all) = joined {
+        payload = all.freeze();
+    }
     let arrived = std::time::Instant::now();
     let mut rng = fastrand::Rng::new();
     let verdict = validate(&state, &conn, &parts, &payload);
@@ -808,6 +821,7 @@ fn validate(
         return Err((400, Reason::MissingDeviceToken));
     }
     let h = &parts.headers;
+    // A name with two values makes the map hold more values than names.
     for name in [
         &APNS_TOPIC,
         &APNS_PUSH_TYPE,
@@ -817,7 +831,7 @@ fn validate(
         &APNS_ID,
         &http::header::AUTHORIZATION,
     ] {
-        if h.get_all(name).iter().count() > 1 {
+        if h.len() != h.keys_len() && h.get_all(name).iter().count() > 1 {
             return Err((400, Reason::DuplicateHeaders));
         }
     }
