@@ -74,12 +74,26 @@ pub struct BenchReport {
     pub cpu_us_per_notification: f64,
     /// CPU of this process during the drain: the mock APNs (and the harness waiting).
     pub mock_cpu_us_per_notification: f64,
+    /// CPU of this process per message while the bare consumer drains.
+    pub bare_consumer_cpu_us_per_message: Option<f64>,
+    /// CPU of a RabbitMQ on this machine (`beam.smp`) per message, in each phase; None
+    /// when the broker runs elsewhere (another host, a container's namespace).
+    pub broker_cpu_us_per_message_bare: Option<f64>,
+    pub broker_cpu_us_per_message_drain: Option<f64>,
+    /// Share of all the machine's CPUs busy (not idle) during each phase, 0..1.
+    pub machine_busy_bare: Option<f64>,
+    pub machine_busy_drain: Option<f64>,
+    pub cpus: usize,
     pub peak_rss_mib: f64,
     pub latency_rate: Option<u64>,
     pub latency_p50_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub latency_p999_ms: Option<f64>,
     pub latency_samples: Option<u64>,
+    /// The run's queues and exchanges are named `<queue_prefix>apns.*`.
+    pub queue_prefix: String,
+    /// Queues and exchanges the run could not delete (empty after a clean run).
+    pub topology_left: Vec<String>,
 }
 
 /// Job `i` of a bench run: a unique id and token, a payload of about `payload_bytes`.
@@ -122,6 +136,63 @@ fn cpu_secs(pid: u32, ticks_per_sec: f64) -> f64 {
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / ticks_per_sec
+}
+
+/// A RabbitMQ node on this machine: the `beam.smp` whose command line names rabbit.
+fn local_broker_pid() -> Option<u32> {
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+        let comm = std::fs::read_to_string(e.path().join("comm")).ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let names_rabbit = cmdline.windows(6).any(|w| w == b"rabbit");
+        (comm.trim() == "beam.smp" && names_rabbit).then_some(pid)
+    })
+}
+
+/// (busy, total) jiffies of all CPUs so far, from /proc/stat (idle and iowait are not
+/// busy).
+fn machine_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let f: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(8)
+        .map(|v| v.parse().unwrap_or(0))
+        .collect();
+    let total: u64 = f.iter().sum();
+    let idle = f.get(3).copied().unwrap_or(0) + f.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
+/// CPU time of the processes around the worker, read at the start and end of a phase.
+#[derive(Clone, Copy)]
+struct CpuMark {
+    me: f64,
+    broker: Option<f64>,
+    machine: Option<(u64, u64)>,
+}
+
+impl CpuMark {
+    fn now(broker: Option<u32>, ticks: f64) -> CpuMark {
+        CpuMark {
+            me: cpu_secs(std::process::id(), ticks),
+            broker: broker.map(|pid| cpu_secs(pid, ticks)),
+            machine: machine_ticks(),
+        }
+    }
+
+    /// This process's and the broker's µs per message since `self`, and the machine's
+    /// busy share.
+    fn since(&self, later: &CpuMark, messages: u64) -> (f64, Option<f64>, Option<f64>) {
+        let per = |secs: f64| secs * 1e6 / messages.max(1) as f64;
+        let broker = self.broker.zip(later.broker).map(|(a, b)| per(b - a));
+        let busy = self.machine.zip(later.machine).and_then(|(a, b)| {
+            let total = b.1.saturating_sub(a.1);
+            (total > 0).then(|| b.0.saturating_sub(a.0) as f64 / total as f64)
+        });
+        (per(later.me - self.me), broker, busy)
+    }
 }
 
 fn ticks_per_sec() -> f64 {
@@ -276,53 +347,86 @@ async fn wait_answered(mock: &MockApns, n: u64, within: Duration) -> Result<Inst
     }
 }
 
-async fn delete_queues(conn: &lapin::Connection, q: &QueueSettings, extra: &[String]) {
-    let mut names = vec![
+/// Delete the run's queues and exchanges, each with a few attempts.
+///
+/// RabbitMQ 3.10's quorum queues can crash their log's segment writer when a queue that
+/// has just drained a large backlog is deleted (rabbitmq/ra#484, fixed in later
+/// releases); the broker then closes the connection with INTERNAL_ERROR, and every
+/// later delete on it failed, stranding the rest of the run's topology. So a failed
+/// delete is retried on a fresh connection after a pause, and what still could not be
+/// deleted is named and returned.
+async fn delete_queues(
+    broker: &crate::config::BrokerSettings,
+    q: &QueueSettings,
+    extra: &[String],
+) -> Vec<String> {
+    let mut queues = vec![
         q.jobs.clone(),
         q.dead_letter_queue.clone(),
         q.cleanup_queue.clone(),
     ];
-    names.extend(
+    queues.extend(
         crate::worker::settle::delay_levels(&Config::default().retry)
             .into_iter()
             .map(|l| amqp::delay_queue_name(q, l)),
     );
-    names.extend(extra.iter().cloned());
-    // A failed delete closes its channel (once seen after a 1M-job drain: the jobs queue
-    // went, the rest stayed): each delete after a failure gets a fresh channel, and
-    // what could not be deleted is named.
-    let mut ch: Option<lapin::Channel> = None;
-    for n in names {
-        if ch.as_ref().is_none_or(|c| !c.status().connected()) {
-            ch = conn.create_channel().await.ok();
-        }
-        let deleted = match &ch {
-            Some(c) => c
-                .queue_delete(n.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string()),
-            None => Err("no channel could be opened".to_string()),
-        };
-        if let Err(e) = deleted {
-            eprintln!("bench: could not delete queue {n}: {e}");
-            ch = None;
-        }
-    }
-    for n in [&q.dead_letter_exchange, &q.cleanup_exchange] {
-        if ch.as_ref().is_none_or(|c| !c.status().connected()) {
-            ch = conn.create_channel().await.ok();
-        }
-        if let Some(c) = &ch {
-            if let Err(e) = c
-                .exchange_delete(n.as_str().into(), Default::default())
-                .await
+    queues.extend(extra.iter().cloned());
+    let exchanges = [&q.dead_letter_exchange, &q.cleanup_exchange];
+    let mut link: Option<(lapin::Connection, lapin::Channel)> = None;
+    let mut left = Vec::new();
+    let items = queues
+        .iter()
+        .map(|n| (n.as_str(), true))
+        .chain(exchanges.iter().map(|n| (n.as_str(), false)));
+    for (name, is_queue) in items {
+        let mut last_error = String::new();
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
+            }
+            if link
+                .as_ref()
+                .is_none_or(|(c, ch)| !c.status().connected() || !ch.status().connected())
             {
-                eprintln!("bench: could not delete exchange {n}: {e}");
-                ch = None;
+                link = cleanup_link(broker).await.map_err(|e| last_error = e).ok();
+            }
+            let Some((_, ch)) = &link else { continue };
+            let deleted = if is_queue {
+                ch.queue_delete(name.into(), QueueDeleteOptions::default())
+                    .await
+                    .map(|_| ())
+            } else {
+                ch.exchange_delete(name.into(), Default::default()).await
+            };
+            match deleted {
+                Ok(()) => {
+                    last_error.clear();
+                    break;
+                }
+                Err(e) => {
+                    last_error = e.to_string();
+                    link = None;
+                }
             }
         }
+        if !last_error.is_empty() {
+            let what = if is_queue { "queue" } else { "exchange" };
+            eprintln!("bench: could not delete {what} {name}: {last_error}");
+            left.push(name.to_string());
+        }
     }
+    if let Some((c, _)) = link {
+        amqp::close(&c).await;
+    }
+    left
+}
+
+async fn cleanup_link(
+    broker: &crate::config::BrokerSettings,
+) -> Result<(lapin::Connection, lapin::Channel), String> {
+    let c = amqp::connect(broker).await.map_err(|e| e.to_string())?;
+    let ch = c.create_channel().await.map_err(|e| e.to_string())?;
+    Ok((c, ch))
 }
 
 /// The mock APNs on a thread of its own, with a single-threaded runtime: it answers as a
@@ -412,7 +516,8 @@ async fn mock_and_dir(what: &str) -> Result<(MockThread, PathBuf), BenchError> {
 pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let (mock, dir) = mock_and_dir("bench").await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let q = QueueSettings::with_prefix(&format!("bench.{}.", &id[..8]));
+    let prefix = format!("bench.{}.", &id[..8]);
+    let q = QueueSettings::with_prefix(&prefix);
     let config = worker_config(opts, &q, &mock, &dir)?;
     let broker = crate::config::BrokerSettings {
         url: crate::secret::Secret::new(opts.broker_url.clone()),
@@ -424,11 +529,15 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let bare = format!("{}bare", q.jobs);
     // Whatever happens in the measurements, the topology and the scratch directory go.
     let result = measure(opts, &conn, &ch, &q, &mock, &config, &bare).await;
-    delete_queues(&conn, &q, &[bare]).await;
     let _ = ch.close(200, "done".into()).await;
     amqp::close(&conn).await;
+    let left = delete_queues(&broker, &q, &[bare]).await;
     let _ = std::fs::remove_dir_all(&dir);
-    result
+    result.map(|r| BenchReport {
+        queue_prefix: prefix,
+        topology_left: left,
+        ..r
+    })
 }
 
 /// Steps 1-3 of `run`: the bare consumer, the worker's drain, the latency phase.
@@ -441,7 +550,10 @@ async fn measure(
     config: &Path,
     bare: &str,
 ) -> Result<BenchReport, BenchError> {
+    let ticks = ticks_per_sec();
+    let broker = local_broker_pid();
     let mut report = BenchReport {
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         jobs: opts.jobs,
         payload_bytes: opts.payload_bytes,
         prefetch: opts.prefetch,
@@ -468,9 +580,14 @@ async fn measure(
         .await?;
         eprintln!("bench: publishing {} jobs for the bare consumer", opts.jobs);
         publish_all(conn, bare, opts.jobs, opts.payload_bytes, "bare").await?;
+        let before = CpuMark::now(broker, ticks);
         let per_sec = bare_consumer(conn, bare, opts.jobs, opts.prefetch).await?;
+        let (me, broker_us, busy) = before.since(&CpuMark::now(broker, ticks), opts.jobs);
         eprintln!("bench: bare consumer {per_sec:.0}/s");
         report.bare_consumer_per_sec = Some(per_sec);
+        report.bare_consumer_cpu_us_per_message = Some(me);
+        report.broker_cpu_us_per_message_bare = broker_us;
+        report.machine_busy_bare = busy;
     }
 
     // 2. The worker draining a full queue.
@@ -491,20 +608,21 @@ async fn measure(
     let mut worker = Proc {
         child,
         pid,
-        ticks_per_sec: ticks_per_sec(),
+        ticks_per_sec: ticks,
     };
     // The clock starts at the first answer (connections are up, consuming has begun).
     wait_answered(mock, 1, Duration::from_secs(60)).await?;
-    let me = std::process::id();
     let (t0, cpu0) = (Instant::now(), worker.cpu_secs());
-    let mock0 = cpu_secs(me, worker.ticks_per_sec);
+    let before = CpuMark::now(broker, ticks);
     let t1 = wait_answered(mock, opts.jobs, Duration::from_secs(600)).await?;
     let cpu1 = worker.cpu_secs();
-    let mock1 = cpu_secs(me, worker.ticks_per_sec);
+    let (mock_us, broker_us, busy) = before.since(&CpuMark::now(broker, ticks), opts.jobs - 1);
     let secs = (t1 - t0).as_secs_f64();
     report.drain_per_sec = (opts.jobs - 1) as f64 / secs;
     report.cpu_us_per_notification = (cpu1 - cpu0) * 1e6 / (opts.jobs - 1) as f64;
-    report.mock_cpu_us_per_notification = (mock1 - mock0) * 1e6 / (opts.jobs - 1) as f64;
+    report.mock_cpu_us_per_notification = mock_us;
+    report.broker_cpu_us_per_message_drain = broker_us;
+    report.machine_busy_drain = busy;
     report.ratio_to_bare = report
         .bare_consumer_per_sec
         .map(|b| report.drain_per_sec / b);
@@ -604,6 +722,27 @@ pub fn print_table(r: &BenchReport) {
         "  mock APNs CPU per notification        {:.1} µs (same machine)",
         r.mock_cpu_us_per_notification
     );
+    if let Some(b) = r.broker_cpu_us_per_message_drain {
+        println!(
+            "  broker CPU per message                {b:.1} µs in the drain{}",
+            r.broker_cpu_us_per_message_bare
+                .map(|x| format!(", {x:.1} µs with the bare consumer"))
+                .unwrap_or_default()
+        );
+    }
+    if let Some(c) = r.bare_consumer_cpu_us_per_message {
+        println!("  bare consumer CPU per message         {c:.1} µs");
+    }
+    if let Some(b) = r.machine_busy_drain {
+        println!(
+            "  machine busy                          {:.0}% of {} CPUs in the drain{}",
+            b * 100.0,
+            r.cpus,
+            r.machine_busy_bare
+                .map(|x| format!(", {:.0}% with the bare consumer", x * 100.0))
+                .unwrap_or_default()
+        );
+    }
     println!(
         "  worker peak RSS                       {:.1} MiB",
         r.peak_rss_mib

@@ -1,0 +1,120 @@
+//! `apns-worker bench` end to end on a small run against the real RabbitMQ: every phase
+//! runs, the JSON line carries every figure, and the run leaves no queue or exchange
+//! behind. The figures' values are the benchmark's business, not this test's: it checks
+//! only what must hold on any machine (counts, orderings, shares within 0..1).
+
+mod common;
+
+use apns_worker::config::{QueueSettings, RetrySettings};
+use apns_worker::worker::amqp::delay_queue_name;
+use apns_worker::worker::settle::delay_levels;
+use lapin::options::{ExchangeDeclareOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use serde_json::Value;
+
+fn number(r: &Value, key: &str) -> f64 {
+    r[key]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{key} is a number in {r}"))
+}
+
+#[tokio::test]
+async fn a_small_bench_run_reports_every_figure_and_leaves_no_topology() {
+    // Fail (never skip) without a broker, before the run.
+    drop(common::broker::connect().await);
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_apns-worker"))
+        .args([
+            "bench",
+            "--jobs",
+            "3000",
+            "--rate",
+            "500",
+            "--latency-secs",
+            "1",
+        ])
+        .args(["--connections", "1", "--prefetch", "500"])
+        .output()
+        .await
+        .expect("bench runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(stdout.lines().last().expect("a JSON line"))
+        .unwrap_or_else(|e| panic!("the last line is JSON ({e}): {stdout}"));
+
+    assert_eq!(r["jobs"], 3000);
+    let bare = number(&r, "bare_consumer_per_sec");
+    let drain = number(&r, "drain_per_sec");
+    assert!(bare > 0.0 && drain > 0.0, "{r}");
+    assert!((number(&r, "ratio_to_bare") - drain / bare).abs() < 1e-9);
+    for key in [
+        "cpu_us_per_notification",
+        "mock_cpu_us_per_notification",
+        "bare_consumer_cpu_us_per_message",
+        "peak_rss_mib",
+    ] {
+        assert!(number(&r, key) > 0.0, "{key} > 0 in {r}");
+    }
+    for key in ["machine_busy_bare", "machine_busy_drain"] {
+        let busy = number(&r, key);
+        assert!(busy > 0.0 && busy <= 1.0, "{key} within 0..1 in {r}");
+    }
+    // RabbitMQ runs on this machine, so its CPU is read too.
+    assert!(number(&r, "broker_cpu_us_per_message_drain") >= 0.0, "{r}");
+    assert!(number(&r, "broker_cpu_us_per_message_bare") >= 0.0, "{r}");
+    assert!(r["cpus"].as_u64().is_some_and(|n| n >= 1), "{r}");
+    // 500/s for 1 s, every job seen by the mock.
+    assert_eq!(r["latency_samples"], 500, "{r}");
+    let (p50, p99, p999) = (
+        number(&r, "latency_p50_ms"),
+        number(&r, "latency_p99_ms"),
+        number(&r, "latency_p999_ms"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= p999, "{r}");
+    assert_eq!(r["topology_left"], serde_json::json!([]), "{stderr}");
+
+    // Independently of what the bench says: none of its queues or exchanges exist.
+    let prefix = r["queue_prefix"].as_str().expect("queue_prefix");
+    assert!(prefix.starts_with("bench."), "{prefix}");
+    let q = QueueSettings::with_prefix(prefix);
+    let mut queues = vec![
+        q.jobs.clone(),
+        format!("{}bare", q.jobs),
+        q.dead_letter_queue.clone(),
+        q.cleanup_queue.clone(),
+    ];
+    queues.extend(
+        delay_levels(&RetrySettings::default())
+            .into_iter()
+            .map(|l| delay_queue_name(&q, l)),
+    );
+    let conn = common::broker::connect().await;
+    for name in &queues {
+        let ch = conn.create_channel().await.unwrap();
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let found = ch
+            .queue_declare(name.as_str().into(), passive, FieldTable::default())
+            .await;
+        assert!(found.is_err(), "queue {name} was left behind");
+    }
+    for name in [&q.dead_letter_exchange, &q.cleanup_exchange] {
+        let ch = conn.create_channel().await.unwrap();
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let found = ch
+            .exchange_declare(
+                name.as_str().into(),
+                lapin::ExchangeKind::Topic,
+                passive,
+                FieldTable::default(),
+            )
+            .await;
+        assert!(found.is_err(), "exchange {name} was left behind");
+    }
+    let _ = conn.close(200, "done".into()).await;
+}
