@@ -6,7 +6,9 @@
 //! client on the main thread (a single-threaded runtime), so on a 2-core machine each
 //! side has a core and the client's CPU time is its thread's own (getrusage
 //! RUSAGE_THREAD). Rounds alternate (ours, a2, ours, a2, ...) so drift of the machine
-//! hits both alike; the best round of each is reported, and every round is printed.
+//! hits both alike; the best round of each is reported, and every round is printed,
+//! with the mock thread's busy share (its CPU over the round's wall time): near 100%,
+//! the mock, not the client, set that round's pace.
 //! Each client builds its notifications inside the timed loop, the way its users do:
 //! apns-worker from the payload bytes it received (it never re-serialises them), a2
 //! from its payload builder.
@@ -37,14 +39,27 @@ fn thread_cpu() -> Duration {
     tv(ru.ru_utime) + tv(ru.ru_stime)
 }
 
+/// CPU time (user + system) of another thread of this process, from /proc (10 ms ticks).
+fn other_thread_cpu(tid: i32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = after.split_whitespace().map(|v| v.parse().unwrap_or(0)).collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let ticks = f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0);
+    Duration::from_nanos(ticks * 1_000_000_000 / hz)
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Round {
     per_sec: f64,
     cpu_us: f64,
+    /// The mock thread's CPU over the round's wall time: near 1.0, the mock set the pace.
+    mock_busy: f64,
 }
 
 /// Run `send(i)` for i in `range` with `concurrency` of them in flight on this thread.
-async fn timed<F, Fut>(range: std::ops::Range<usize>, concurrency: usize, send: F) -> Round
+async fn timed<F, Fut>(range: std::ops::Range<usize>, concurrency: usize, mock_tid: i32, send: F) -> Round
 where
     F: Fn(usize) -> Fut + Clone + 'static,
     Fut: std::future::Future<Output = ()> + 'static,
@@ -52,7 +67,7 @@ where
     let n = range.len();
     let next = Rc::new(Cell::new(range.start));
     let end = range.end;
-    let (wall, cpu) = (Instant::now(), thread_cpu());
+    let (wall, cpu, mock_cpu) = (Instant::now(), thread_cpu(), other_thread_cpu(mock_tid));
     let local = tokio::task::LocalSet::new();
     for _ in 0..concurrency {
         let (next, send) = (next.clone(), send.clone());
@@ -68,10 +83,11 @@ where
         });
     }
     local.await;
-    let (wall, cpu) = (wall.elapsed(), thread_cpu() - cpu);
+    let (wall, cpu, mock_cpu) = (wall.elapsed(), thread_cpu() - cpu, other_thread_cpu(mock_tid) - mock_cpu);
     Round {
         per_sec: n as f64 / wall.as_secs_f64(),
         cpu_us: cpu.as_secs_f64() * 1e6 / n as f64,
+        mock_busy: mock_cpu.as_secs_f64() / wall.as_secs_f64(),
     }
 }
 
@@ -89,11 +105,12 @@ fn main() {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async move {
             let mock = MockApns::start(MockConfig { record: false, ..MockConfig::default() }).await.unwrap();
-            tx.send(mock).unwrap();
+            // SAFETY: gettid has no preconditions.
+            tx.send((mock, unsafe { libc::gettid() })).unwrap();
             let _ = stop_rx.await;
         });
     });
-    let mock = rx.recv().unwrap();
+    let (mock, mock_tid) = rx.recv().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
     let dir = std::env::temp_dir().join(format!("a2-compare-{}", uuid::Uuid::new_v4().simple()));
@@ -183,27 +200,29 @@ fn main() {
     // the raised limit and fails the excess streams with REFUSED_STREAM), then a full
     // round of concurrency.
     rt.block_on(async {
-        timed(0..1, 1, send_ours.clone()).await;
-        timed(0..1, 1, send_a2.clone()).await;
-        timed(0..concurrency.min(n), concurrency, send_ours.clone()).await;
-        timed(0..concurrency.min(n), concurrency, send_a2.clone()).await;
+        timed(0..1, 1, mock_tid, send_ours.clone()).await;
+        timed(0..1, 1, mock_tid, send_a2.clone()).await;
+        timed(0..concurrency.min(n), concurrency, mock_tid, send_ours.clone()).await;
+        timed(0..concurrency.min(n), concurrency, mock_tid, send_a2.clone()).await;
     });
     let (mut ours_rounds, mut a2_rounds) = (Vec::new(), Vec::new());
     println!("sender only, {n} notifications per round, {concurrency} in flight, mock on its own thread:");
     for r in 0..rounds {
-        let o = rt.block_on(timed(0..n, concurrency, send_ours.clone()));
+        let o = rt.block_on(timed(0..n, concurrency, mock_tid, send_ours.clone()));
         if std::env::var_os("ONLY_OURS").is_some() {
-            println!("  round {}: apns-worker {:.0}/s {:.2} µs CPU", r + 1, o.per_sec, o.cpu_us);
+            println!("  round {}: apns-worker {:.0}/s {:.2} µs CPU (mock busy {:.0}%)", r + 1, o.per_sec, o.cpu_us, o.mock_busy * 100.0);
             continue;
         }
-        let a = rt.block_on(timed(0..n, concurrency, send_a2.clone()));
+        let a = rt.block_on(timed(0..n, concurrency, mock_tid, send_a2.clone()));
         println!(
-            "  round {}: apns-worker {:.0}/s {:.2} µs CPU | a2 {:.0}/s {:.2} µs CPU",
+            "  round {}: apns-worker {:.0}/s {:.2} µs CPU (mock busy {:.0}%) | a2 {:.0}/s {:.2} µs CPU (mock busy {:.0}%)",
             r + 1,
             o.per_sec,
             o.cpu_us,
+            o.mock_busy * 100.0,
             a.per_sec,
-            a.cpu_us
+            a.cpu_us,
+            a.mock_busy * 100.0
         );
         ours_rounds.push(o);
         a2_rounds.push(a);
@@ -211,7 +230,7 @@ fn main() {
     if std::env::var_os("ONLY_OURS").is_some() {
         return;
     }
-    let best = |v: &[Round]| v.iter().copied().fold(Round { per_sec: 0.0, cpu_us: f64::MAX }, |b, r| Round { per_sec: b.per_sec.max(r.per_sec), cpu_us: b.cpu_us.min(r.cpu_us) });
+    let best = |v: &[Round]| v.iter().copied().fold(Round { per_sec: 0.0, cpu_us: f64::MAX, mock_busy: 0.0 }, |b, r| Round { per_sec: b.per_sec.max(r.per_sec), cpu_us: b.cpu_us.min(r.cpu_us), mock_busy: b.mock_busy.max(r.mock_busy) });
     let (o, a) = (best(&ours_rounds), best(&a2_rounds));
     let ok = mock.stats().by_status.get(&200).copied().unwrap_or(0);
     let expected = 2 * (rounds * n + concurrency.min(n) + 1) as u64;
