@@ -72,7 +72,8 @@ pub struct BenchReport {
     pub drain_per_sec: f64,
     pub ratio_to_bare: Option<f64>,
     pub cpu_us_per_notification: f64,
-    /// CPU of this process during the drain: the mock APNs (and the harness waiting).
+    /// CPU of the mock APNs's thread during the drain (of this whole process where
+    /// `/proc/thread-self` is missing: the mock and the harness waiting).
     pub mock_cpu_us_per_notification: f64,
     /// CPU of this process per message while the bare consumer drains.
     pub bare_consumer_cpu_us_per_message: Option<f64>,
@@ -130,12 +131,23 @@ impl Proc {
 
 /// user+sys CPU seconds a process has used so far (all threads).
 fn cpu_secs(pid: u32, ticks_per_sec: f64) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_secs(Path::new(&format!("/proc/{pid}/stat")), ticks_per_sec)
+}
+
+/// user+sys CPU seconds from a `/proc/.../stat` file (a process's or a thread's).
+fn stat_cpu_secs(path: &Path, ticks_per_sec: f64) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the ")" of the command name: state is field 3; utime 14, stime 15.
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(11) + ticks(12)) / ticks_per_sec
+}
+
+/// The calling thread's `/proc` stat file, to read its CPU time from any thread.
+fn this_thread_stat() -> Option<PathBuf> {
+    let task = std::fs::read_link("/proc/thread-self").ok()?;
+    Some(Path::new("/proc").join(task).join("stat"))
 }
 
 /// A RabbitMQ node on this machine: the `beam.smp` whose command line names rabbit.
@@ -434,6 +446,8 @@ async fn cleanup_link(
 /// harness's multi-threaded runtime it cost more CPU per answer than the worker).
 struct MockThread {
     mock: MockApns,
+    /// The mock thread's `/proc` stat file: its own CPU time, apart from the harness's.
+    stat: Option<PathBuf>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -458,7 +472,7 @@ impl MockThread {
                 rt.block_on(async move {
                     match MockApns::start(cfg).await {
                         Ok(mock) => {
-                            let _ = started_tx.send(Ok(mock));
+                            let _ = started_tx.send(Ok((mock, this_thread_stat())));
                             let _ = stop_rx.await;
                         }
                         Err(e) => {
@@ -467,15 +481,23 @@ impl MockThread {
                     }
                 });
             })?;
-        let mock = started
+        let (mock, stat) = started
             .await
             .map_err(|_| BenchError::Setup("the mock's thread ended at once".into()))?
             .map_err(BenchError::Setup)?;
         Ok(MockThread {
             mock,
+            stat,
             stop: Some(stop),
             thread: Some(thread),
         })
+    }
+
+    /// CPU seconds of the mock's thread so far; None where `/proc` does not tell.
+    fn cpu_secs(&self, ticks_per_sec: f64) -> Option<f64> {
+        self.stat
+            .as_deref()
+            .map(|p| stat_cpu_secs(p, ticks_per_sec))
     }
 }
 
@@ -546,7 +568,7 @@ async fn measure(
     conn: &lapin::Connection,
     ch: &lapin::Channel,
     q: &QueueSettings,
-    mock: &MockApns,
+    mock: &MockThread,
     config: &Path,
     bare: &str,
 ) -> Result<BenchReport, BenchError> {
@@ -614,9 +636,14 @@ async fn measure(
     wait_answered(mock, 1, Duration::from_secs(60)).await?;
     let (t0, cpu0) = (Instant::now(), worker.cpu_secs());
     let before = CpuMark::now(broker, ticks);
+    let mock0 = mock.cpu_secs(ticks);
     let t1 = wait_answered(mock, opts.jobs, Duration::from_secs(600)).await?;
     let cpu1 = worker.cpu_secs();
-    let (mock_us, broker_us, busy) = before.since(&CpuMark::now(broker, ticks), opts.jobs - 1);
+    let mock_thread_us = mock0
+        .zip(mock.cpu_secs(ticks))
+        .map(|(a, b)| (b - a) * 1e6 / (opts.jobs - 1) as f64);
+    let (harness_us, broker_us, busy) = before.since(&CpuMark::now(broker, ticks), opts.jobs - 1);
+    let mock_us = mock_thread_us.unwrap_or(harness_us);
     let secs = (t1 - t0).as_secs_f64();
     report.drain_per_sec = (opts.jobs - 1) as f64 / secs;
     report.cpu_us_per_notification = (cpu1 - cpu0) * 1e6 / (opts.jobs - 1) as f64;
@@ -758,14 +785,57 @@ pub fn print_table(r: &BenchReport) {
     }
 }
 
+/// The sender-only report as a table.
+pub fn print_sender_table(r: &SenderReport) {
+    let us = |v: Option<f64>| {
+        v.map(|x| format!("{x:.1} µs"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "apns-worker bench --sender-only: {} notifications, {} in flight, {} connection(s)",
+        r.jobs, r.concurrency, r.connections
+    );
+    println!(
+        "  client throughput                     {:.0} notifications/s",
+        r.sender_only_per_sec
+    );
+    println!(
+        "  client CPU per notification           {}",
+        us(r.cpu_us_per_notification)
+    );
+    println!(
+        "  mock APNs CPU per notification        {} (busy {})",
+        us(r.mock_cpu_us_per_notification),
+        r.mock_busy
+            .map(|b| format!("{:.0}%", b * 100.0))
+            .unwrap_or_else(|| "-".into())
+    );
+}
+
+/// What `--sender-only` measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct SenderReport {
+    pub jobs: u64,
+    pub concurrency: usize,
+    pub connections: usize,
+    pub sender_only_per_sec: f64,
+    /// CPU of the client's thread (a single-threaded runtime, as the worker's).
+    pub cpu_us_per_notification: Option<f64>,
+    /// CPU of the mock's thread, and its busy share (CPU over wall time): near 1.0,
+    /// the mock, not the client, set the pace.
+    pub mock_cpu_us_per_notification: Option<f64>,
+    pub mock_busy: Option<f64>,
+}
+
 /// The APNs client alone against the mock (no broker): `n` notifications with
-/// `concurrency` in flight.
+/// `concurrency` in flight. The client runs on a thread of its own with a
+/// single-threaded runtime, as in the worker; the mock on another.
 pub async fn sender_only(
     n: u64,
     concurrency: usize,
     connections: usize,
     payload_bytes: usize,
-) -> Result<f64, BenchError> {
+) -> Result<SenderReport, BenchError> {
     let (mock, dir) = mock_and_dir("sender").await?;
     let ca = dir.join("ca.pem");
     mock.write_ca(&ca)
@@ -774,6 +844,68 @@ pub async fn sender_only(
         .generate_key("BENCHTEAM1", "BENCHKEY01")
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let app = bench_app(&mock, ca, connections, "BENCHKEY01", KeySource::Pem(pem));
+    let apps = crate::worker::job::AppDirectory::permissive();
+    let notes: Vec<_> = (0..n)
+        .map(|i| {
+            let body = bytes::Bytes::from(job_body(i, payload_bytes, &format!("s{i}")));
+            crate::worker::job::decode(&body, &Default::default(), &apps, 65536)
+                .map(|j| j.notification)
+                .map_err(|e| BenchError::Setup(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let ticks = ticks_per_sec();
+    let (done_tx, done) = tokio::sync::oneshot::channel();
+    let client_thread = std::thread::Builder::new()
+        .name("bench-client".into())
+        .spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            let result = match rt {
+                Ok(rt) => rt.block_on(send_all(app, notes, concurrency, ticks)),
+                Err(e) => Err(BenchError::Setup(e.to_string())),
+            };
+            let _ = done_tx.send(result);
+        })?;
+    let mock0 = mock.cpu_secs(ticks);
+    let started = Instant::now();
+    let sent = done
+        .await
+        .map_err(|_| BenchError::Setup("the client's thread ended early".into()))?;
+    let wall = started.elapsed().as_secs_f64();
+    let mock_secs = mock0.zip(mock.cpu_secs(ticks)).map(|(a, b)| b - a);
+    let _ = client_thread.join();
+    let sent = sent?;
+    let ok = mock.stats().by_status.get(&200).copied().unwrap_or(0);
+    let _ = std::fs::remove_dir_all(&dir);
+    if ok != n {
+        return Err(BenchError::Setup(format!("only {ok} of {n} delivered")));
+    }
+    Ok(SenderReport {
+        jobs: n,
+        concurrency,
+        connections,
+        sender_only_per_sec: sent.per_sec,
+        cpu_us_per_notification: sent.cpu_us,
+        // The mock's figures cover the client's warm-up too (one request, and the
+        // connections' handshakes): a small share of a run of thousands.
+        mock_cpu_us_per_notification: mock_secs.map(|c| c * 1e6 / n as f64),
+        mock_busy: mock_secs.map(|c| c / wall),
+    })
+}
+
+struct Sent {
+    per_sec: f64,
+    cpu_us: Option<f64>,
+}
+
+/// On the client's thread: start the client, warm it up, send the rest, and time it.
+async fn send_all(
+    app: AppConfig,
+    notes: Vec<crate::apns::notification::Notification>,
+    concurrency: usize,
+    ticks: f64,
+) -> Result<Sent, BenchError> {
     let client = Arc::new(
         crate::apns::client::AppClient::start(
             "bench",
@@ -784,27 +916,20 @@ pub async fn sender_only(
         )
         .map_err(|e| BenchError::Setup(e.to_string()))?,
     );
-    let apps = crate::worker::job::AppDirectory::permissive();
-    let notes: Vec<_> = (0..n)
-        .map(|i| {
-            let body = bytes::Bytes::from(job_body(i, payload_bytes, &format!("s{i}")));
-            crate::worker::job::decode(&body, &Default::default(), &apps, 65536)
-                .map(|j| j.notification)
-                .map_err(|e| BenchError::Setup(e.to_string()))
-        })
-        .collect::<Result<_, _>>()?;
     let notes = Arc::new(notes);
     // Warm up: the first answer raises the stream limit.
     client
         .send(&notes[0])
         .await
         .map_err(|e| BenchError::Setup(e.to_string()))?;
+    let me = this_thread_stat();
+    let cpu0 = me.as_deref().map(|p| stat_cpu_secs(p, ticks));
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(1));
     let started = Instant::now();
-    let mut tasks = Vec::new();
+    let senders = tokio::task::LocalSet::new();
     for _ in 0..concurrency {
         let (client, notes, next) = (client.clone(), notes.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
+        senders.spawn_local(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= notes.len() {
@@ -812,18 +937,16 @@ pub async fn sender_only(
                 }
                 let _ = client.send(&notes[i]).await;
             }
-        }));
+        });
     }
-    for t in tasks {
-        let _ = t.await;
-    }
-    let per_sec = (n - 1) as f64 / started.elapsed().as_secs_f64();
-    let ok = mock.stats().by_status.get(&200).copied().unwrap_or(0);
-    if ok != n {
-        return Err(BenchError::Setup(format!("only {ok} of {n} delivered")));
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    Ok(per_sec)
+    senders.await;
+    let sent = (notes.len() - 1).max(1) as f64;
+    let per_sec = sent / started.elapsed().as_secs_f64();
+    let cpu_us = cpu0
+        .zip(me.as_deref().map(|p| stat_cpu_secs(p, ticks)))
+        .map(|(a, b)| (b - a) * 1e6 / sent);
+    client.close(Duration::from_secs(1)).await;
+    Ok(Sent { per_sec, cpu_us })
 }
 
 /// Drain runs over prefetch × connections × ack batch: a markdown table and an SVG chart.

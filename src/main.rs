@@ -190,11 +190,16 @@ fn main() -> ExitCode {
                 worker_bin,
             } => {
                 if sender_only {
-                    let per_sec = apns_worker::bench::sender_only(jobs, concurrency, connections, payload_bytes)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    println!("sender only: {per_sec:.0} notifications/s ({jobs} notifications, {concurrency} in flight, {connections} connection(s))");
-                    println!("{}", serde_json::json!({"sender_only_per_sec": per_sec, "jobs": jobs, "concurrency": concurrency, "connections": connections}));
+                    let r = apns_worker::bench::sender_only(
+                        jobs,
+                        concurrency,
+                        connections,
+                        payload_bytes,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                    apns_worker::bench::print_sender_table(&r);
+                    println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
                     return Ok(());
                 }
                 let opts = apns_worker::bench::BenchOptions {
@@ -213,11 +218,18 @@ fn main() -> ExitCode {
                     drain_only,
                 };
                 if let Some(dir) = sweep {
-                    apns_worker::bench::sweep(&opts, &dir).await.map_err(|e| e.to_string())?;
-                    println!("wrote {0}/bench-sweep.md and {0}/bench-sweep.svg", dir.display());
+                    apns_worker::bench::sweep(&opts, &dir)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    println!(
+                        "wrote {0}/bench-sweep.md and {0}/bench-sweep.svg",
+                        dir.display()
+                    );
                     return Ok(());
                 }
-                let report = apns_worker::bench::run(&opts).await.map_err(|e| e.to_string())?;
+                let report = apns_worker::bench::run(&opts)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 apns_worker::bench::print_table(&report);
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
                 Ok(())

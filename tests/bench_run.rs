@@ -118,3 +118,31 @@ async fn a_small_bench_run_reports_every_figure_and_leaves_no_topology() {
     }
     let _ = conn.close(200, "done".into()).await;
 }
+
+/// `--sender-only`: the client alone against the mock, every notification answered
+/// 200 (the run fails otherwise), with the client's and the mock's CPU in the report.
+#[tokio::test]
+async fn a_small_sender_only_run_reports_the_client_and_the_mock() {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_apns-worker"))
+        .args(["bench", "--sender-only", "--jobs", "20000"])
+        .args(["--concurrency", "200", "--connections", "1"])
+        .output()
+        .await
+        .expect("bench runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "bench --sender-only failed: {stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let r: Value = serde_json::from_str(stdout.lines().last().expect("a JSON line"))
+        .unwrap_or_else(|e| panic!("the last line is JSON ({e}): {stdout}"));
+    assert_eq!(r["jobs"], 20000);
+    assert_eq!(r["concurrency"], 200);
+    assert!(number(&r, "sender_only_per_sec") > 0.0, "{r}");
+    for key in [
+        "cpu_us_per_notification",
+        "mock_cpu_us_per_notification",
+        "mock_busy",
+    ] {
+        assert!(number(&r, key) >= 0.0, "{key} in {r}");
+    }
+    assert!(stdout.contains("client CPU per notification"), "{stdout}");
+}
