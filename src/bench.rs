@@ -367,7 +367,7 @@ async fn wait_answered(mock: &MockApns, n: u64, within: Duration) -> Result<Inst
 /// later delete on it failed, stranding the rest of the run's topology. So a failed
 /// delete is retried on a fresh connection after a pause, and what still could not be
 /// deleted is named and returned.
-async fn delete_queues(
+async fn delete_topology(
     broker: &crate::config::BrokerSettings,
     q: &QueueSettings,
     extra: &[String],
@@ -553,7 +553,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let result = measure(opts, &conn, &ch, &q, &mock, &config, &bare).await;
     let _ = ch.close(200, "done".into()).await;
     amqp::close(&conn).await;
-    let left = delete_queues(&broker, &q, &[bare]).await;
+    let left = delete_topology(&broker, &q, &[bare]).await;
     let _ = std::fs::remove_dir_all(&dir);
     result.map(|r| BenchReport {
         queue_prefix: prefix,

@@ -18,7 +18,7 @@ static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 /// jemalloc's options, read before `main`: freed pages go back to the kernel after about
 /// a second instead of ten (`dirty_decay_ms`), so the burst of a full prefetch window at
-/// start does not stay resident. Peak RSS of a 200k-job drain: 64-69 MiB -> 45-46 MiB.
+/// start does not stay resident. Peak RSS of a 200k-job drain: 56-69 MiB -> 45-49 MiB.
 /// `_RJEM_MALLOC_CONF` in the environment still overrides it.
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static JEMALLOC_CONF: &[u8; 37] = b"dirty_decay_ms:1000,muzzy_decay_ms:0\0";

@@ -18,29 +18,40 @@ fn number(r: &Value, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("{key} is a number in {r}"))
 }
 
+/// Run `apns-worker bench <args>`; it must succeed and end with its JSON line.
+/// Returns the report, stdout and stderr.
+async fn bench(args: &[&str]) -> (Value, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_apns-worker"))
+        .arg("bench")
+        .args(args)
+        .output()
+        .await
+        .expect("bench runs");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "bench {args:?} failed: {stderr}");
+    let r: Value = serde_json::from_str(stdout.lines().last().expect("a JSON line"))
+        .unwrap_or_else(|e| panic!("the last line is JSON ({e}): {stdout}"));
+    (r, stdout, stderr)
+}
+
 #[tokio::test]
 async fn a_small_bench_run_reports_every_figure_and_leaves_no_topology() {
     // Fail (never skip) without a broker, before the run.
     drop(common::broker::connect().await);
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_apns-worker"))
-        .args([
-            "bench",
-            "--jobs",
-            "3000",
-            "--rate",
-            "500",
-            "--latency-secs",
-            "1",
-        ])
-        .args(["--connections", "1", "--prefetch", "500"])
-        .output()
-        .await
-        .expect("bench runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench failed: {stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let r: Value = serde_json::from_str(stdout.lines().last().expect("a JSON line"))
-        .unwrap_or_else(|e| panic!("the last line is JSON ({e}): {stdout}"));
+    let (r, _, stderr) = bench(&[
+        "--jobs",
+        "3000",
+        "--rate",
+        "500",
+        "--latency-secs",
+        "1",
+        "--connections",
+        "1",
+        "--prefetch",
+        "500",
+    ])
+    .await;
 
     assert_eq!(r["jobs"], 3000);
     let bare = number(&r, "bare_consumer_per_sec");
@@ -123,17 +134,16 @@ async fn a_small_bench_run_reports_every_figure_and_leaves_no_topology() {
 /// 200 (the run fails otherwise), with the client's and the mock's CPU in the report.
 #[tokio::test]
 async fn a_small_sender_only_run_reports_the_client_and_the_mock() {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_apns-worker"))
-        .args(["bench", "--sender-only", "--jobs", "20000"])
-        .args(["--concurrency", "200", "--connections", "1"])
-        .output()
-        .await
-        .expect("bench runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "bench --sender-only failed: {stderr}");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let r: Value = serde_json::from_str(stdout.lines().last().expect("a JSON line"))
-        .unwrap_or_else(|e| panic!("the last line is JSON ({e}): {stdout}"));
+    let (r, stdout, _) = bench(&[
+        "--sender-only",
+        "--jobs",
+        "20000",
+        "--concurrency",
+        "200",
+        "--connections",
+        "1",
+    ])
+    .await;
     assert_eq!(r["jobs"], 20000);
     assert_eq!(r["concurrency"], 200);
     assert!(number(&r, "sender_only_per_sec") > 0.0, "{r}");
