@@ -3,9 +3,12 @@
 
 use std::sync::Arc;
 
-use crate::apns::jwt::{SystemClock, TokenSigner};
-use crate::apns::tls;
-use crate::config::{AuthSpec, Config};
+use std::time::Duration;
+
+use apns::jwt::{SystemClock, TokenPolicy, TokenSigner};
+use apns::{Auth, tls};
+
+use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
@@ -17,17 +20,20 @@ pub enum CheckError {
 
 /// Load every credential the config names, without connecting anywhere.
 pub fn check_credentials(cfg: &Config) -> Result<(), CheckError> {
-    let policy = cfg.apns.token_policy().map_err(|e| CheckError::App {
-        app: "*".into(),
-        message: e.to_string(),
-    })?;
+    let policy =
+        TokenPolicy::new(Duration::from_secs(cfg.apns.token_refresh_secs)).map_err(|e| {
+            CheckError::App {
+                app: "*".into(),
+                message: e.to_string(),
+            }
+        })?;
     for (name, app) in &cfg.apps {
         let err = |message: String| CheckError::App {
             app: name.clone(),
             message,
         };
         let identity = match app.auth(name).map_err(|e| err(e.to_string()))? {
-            AuthSpec::Token { team_id, keys } => {
+            Auth::Token { team_id, keys } => {
                 for k in keys {
                     let pem = k
                         .key
@@ -38,7 +44,7 @@ pub fn check_credentials(cfg: &Config) -> Result<(), CheckError> {
                 }
                 None
             }
-            AuthSpec::Certificate(id) => Some(id.load().map_err(|e| err(e.to_string()))?),
+            Auth::Certificate(id) => Some(id.load().map_err(|e| err(e.to_string()))?),
         };
         tls::client_config(app.ca_file.as_deref(), identity).map_err(|e| err(e.to_string()))?;
     }
@@ -61,11 +67,16 @@ pub const PROBE_TOKEN: &str = "0000000000000000000000000000000000000000000000000
 /// Try each app's credentials against its endpoint with one request to a token that
 /// cannot exist. Returns one line per app; Err if any app failed.
 pub async fn probe(cfg: &Config) -> Result<Vec<String>, Vec<String>> {
-    use crate::apns::classify::Outcome;
-    use crate::apns::client::ApnsClient;
-    use crate::apns::notification::{Notification, NotificationParts, PushType};
+    use apns::{ApnsClient, Notification, NotificationParts, Outcome};
 
-    let client = match ApnsClient::start(&cfg.apps, &cfg.apns, Arc::new(SystemClock)) {
+    let mut apps = Vec::new();
+    for (name, app) in &cfg.apps {
+        match app.settings(name) {
+            Ok(s) => apps.push((name.clone(), s)),
+            Err(e) => return Err(vec![e.to_string()]),
+        }
+    }
+    let client = match ApnsClient::start(apps, &cfg.apns.client_settings()) {
         Ok(c) => c,
         Err(e) => return Err(vec![e.to_string()]),
     };
@@ -77,19 +88,14 @@ pub async fn probe(cfg: &Config) -> Result<Vec<String>, Vec<String>> {
             ));
             continue;
         };
-        let n = Notification::new(NotificationParts {
-            device_token: PROBE_TOKEN.into(),
-            topic: topic.into(),
-            push_type: PushType::Alert,
-            priority: None,
-            expiration: Some(0),
-            collapse_id: None,
-            apns_id: Some(uuid::Uuid::new_v4()),
-            payload: bytes::Bytes::from_static(
-                br#"{"aps":{"alert":"apns-worker credentials probe"}}"#,
-            ),
-        })
-        .expect("probe notification is valid");
+        let mut parts = NotificationParts::new(
+            PROBE_TOKEN,
+            topic,
+            br#"{"aps":{"alert":"apns-worker credentials probe"}}"#.as_slice(),
+        );
+        parts.expiration = Some(0);
+        parts.apns_id = Some(uuid::Uuid::new_v4());
+        let n = Notification::new(parts).expect("probe notification is valid");
         let line = match client.send(name, &n).await {
             Ok(d) => {
                 let answer = format!(

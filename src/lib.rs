@@ -1,18 +1,19 @@
-//! apns-worker: delivers Apple push notifications from RabbitMQ over multiplexed HTTP/2.
+//! apns-worker: consumes notification jobs from RabbitMQ, sends them to APNs with the
+//! `apns` client, and settles every message by what APNs answered.
 //!
-//! See `ARCHITECTURE.md` for the map of this crate.
+//! The modules, in the order a job meets them: `amqp` (the broker), `job` (decoding),
+//! `worker` (sessions, the delivery path, settlement, the observer), `settle` (the pure
+//! decision), `obs` (logs, traces, metrics, the admin endpoint), `run` (the worker with
+//! its surroundings); beside them `config`, `publish` and `check` (commands), and
+//! `signals`. `ARCHITECTURE.md` has the map.
 
-pub mod admin;
-pub mod apns;
-pub mod bench;
+pub mod amqp;
 pub mod check;
 pub mod config;
-pub mod demo;
-pub mod metrics;
-pub mod mock;
-pub mod otel_metrics;
+pub mod job;
+pub mod obs;
 pub mod publish;
-pub mod secret;
+pub mod run;
+pub mod settle;
 pub mod signals;
-pub mod telemetry;
 pub mod worker;

@@ -4,10 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use apns_worker::config::Config;
-use apns_worker::mock::{StandaloneOptions, run_standalone};
+use apns_worker::job::AppDirectory;
 use apns_worker::publish::{Source, Synthetic};
 use apns_worker::signals::shutdown_signal;
-use apns_worker::worker::job::AppDirectory;
 use clap::{Parser, Subcommand};
 
 /// jemalloc: about 9% fewer instructions per notification than glibc's malloc in a
@@ -36,60 +35,6 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// The end-to-end benchmark: the broker's ceiling, the worker's drain throughput,
-    /// CPU per notification, peak RSS, and latency at a fixed rate. Needs RabbitMQ.
-    Bench {
-        #[arg(
-            long,
-            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-            env = "APNS_WORKER_BENCH_BROKER"
-        )]
-        broker: String,
-        #[arg(long, default_value_t = 200_000)]
-        jobs: u64,
-        #[arg(long, default_value_t = 1024)]
-        payload_bytes: usize,
-        /// Offered rate of the latency phase (jobs/s); 0 skips it.
-        #[arg(long, default_value_t = 5000)]
-        rate: u64,
-        #[arg(long, default_value_t = 5)]
-        latency_secs: u64,
-        #[arg(long, default_value_t = 2000)]
-        prefetch: u16,
-        #[arg(long, default_value_t = 2)]
-        connections: usize,
-        #[arg(long, default_value_t = 256)]
-        ack_batch: usize,
-        /// The APNs client alone against the mock, no broker.
-        #[arg(long)]
-        sender_only: bool,
-        /// Requests in flight in --sender-only.
-        #[arg(long, default_value_t = 2000)]
-        concurrency: usize,
-        /// Drain runs over prefetch x connections x ack batch; writes a table and an
-        /// SVG chart into this directory.
-        #[arg(long)]
-        sweep: Option<PathBuf>,
-        /// Only the worker's drain: no bare consumer, no latency phase.
-        #[arg(long)]
-        drain_only: bool,
-        /// The worker to run: another build to compare with this one, or a wrapper
-        /// script that `exec`s one under a profiler (default: this executable).
-        #[arg(long, env = "APNS_WORKER_BENCH_WORKER")]
-        worker_bin: Option<PathBuf>,
-    },
-    /// The whole flow on this machine: mock APNs, local RabbitMQ, worker, sample jobs
-    /// with every outcome, and the outcome table. Cleans up after itself.
-    Demo {
-        #[arg(
-            long,
-            default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
-            env = "APNS_WORKER_DEMO_BROKER"
-        )]
-        broker: String,
-        #[arg(long, default_value_t = 3000)]
-        jobs: u64,
-    },
     /// Consume jobs and deliver them to APNs until SIGTERM/SIGINT; prints a summary.
     Run {
         /// TOML config file; APNS_WORKER__SECTION__KEY variables override it.
@@ -139,8 +84,6 @@ enum Command {
         #[arg(long = "static")]
         static_only: bool,
     },
-    /// Run a mock APNs server (HTTP/2 + TLS) for tests, demos and benchmarks.
-    MockApns(StandaloneOptions),
 }
 
 fn main() -> ExitCode {
@@ -166,81 +109,12 @@ fn main() -> ExitCode {
     }
     .expect("tokio runtime");
     let result: Result<(), String> = rt.block_on(async move {
-        // The demo prints its own story; its logs would drown it.
-        let _telemetry = match cli.command {
-            Command::Demo { .. } | Command::Bench { .. } => {
-                apns_worker::telemetry::init_logging_with("error")
-            }
-            _ => apns_worker::telemetry::init_logging(),
-        };
+        let _telemetry = apns_worker::obs::telemetry::init_logging();
         match cli.command {
-            Command::Bench {
-                broker,
-                jobs,
-                payload_bytes,
-                rate,
-                latency_secs,
-                prefetch,
-                connections,
-                ack_batch,
-                sender_only,
-                concurrency,
-                sweep,
-                drain_only,
-                worker_bin,
-            } => {
-                if sender_only {
-                    let r = apns_worker::bench::sender_only(
-                        jobs,
-                        concurrency,
-                        connections,
-                        payload_bytes,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?;
-                    apns_worker::bench::print_sender_table(&r);
-                    println!("{}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
-                    return Ok(());
-                }
-                let opts = apns_worker::bench::BenchOptions {
-                    broker_url: broker,
-                    jobs,
-                    payload_bytes,
-                    rate,
-                    latency_secs,
-                    prefetch,
-                    connections,
-                    ack_batch,
-                    worker_bin: match worker_bin {
-                        Some(bin) => bin,
-                        None => std::env::current_exe().map_err(|e| e.to_string())?,
-                    },
-                    drain_only,
-                };
-                if let Some(dir) = sweep {
-                    apns_worker::bench::sweep(&opts, &dir)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    println!(
-                        "wrote {0}/bench-sweep.md and {0}/bench-sweep.svg",
-                        dir.display()
-                    );
-                    return Ok(());
-                }
-                let report = apns_worker::bench::run(&opts)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                apns_worker::bench::print_table(&report);
-                println!("{}", serde_json::to_string(&report).unwrap_or_default());
-                Ok(())
-            }
-            Command::Demo { broker, jobs } => apns_worker::demo::run(&broker, jobs)
-                .await
-                .map_err(|e| e.to_string()),
             Command::Run { config } => {
                 let cfg =
                     Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
-                let summary = apns_worker::worker::run::run(cfg, shutdown_signal())
+                let summary = apns_worker::run::run(cfg, shutdown_signal())
                     .await
                     .map_err(|e| e.to_string())?;
                 println!("{}", serde_json::to_string(&summary).unwrap_or_default());
@@ -326,13 +200,6 @@ fn main() -> ExitCode {
                         Err(lines) => return Err(lines.join("\n")),
                     }
                 }
-                Ok(())
-            }
-            Command::MockApns(opts) => {
-                let stats = run_standalone(opts, shutdown_signal())
-                    .await
-                    .map_err(|e| e.to_string())?;
-                println!("{}", serde_json::to_string(&stats).unwrap_or_default());
                 Ok(())
             }
         }

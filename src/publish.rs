@@ -11,9 +11,9 @@ use lapin::options::BasicPublishOptions;
 use lapin::{Confirmation, Connection};
 use serde_json::json;
 
+use crate::amqp;
 use crate::config::BrokerSettings;
-use crate::worker::amqp;
-use crate::worker::job::{self, AppDirectory, Envelope};
+use crate::job::{self, AppDirectory, Envelope};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishCmdError {
@@ -51,21 +51,36 @@ pub struct Synthetic {
     pub token_prefix: String,
 }
 
-/// A synthetic job body with a unique id and token.
-pub fn synthetic_job(s: &Synthetic, n: u64) -> String {
-    let id = uuid::Uuid::new_v4();
-    let mut token = s.token_prefix.clone();
-    let tail = format!("{:016x}{}", n, id.simple());
-    token.push_str(&tail[..64usize.saturating_sub(token.len()).min(tail.len())]);
-    while token.len() < 64 {
-        token.push('0');
+/// A device token for generated jobs: `prefix`, zeros, then `n` in 16 hex digits (64
+/// hex digits in all; a prefix longer than 48 digits makes a longer token).
+pub fn synthetic_token(prefix: &str, n: u64) -> String {
+    let tail = format!("{n:016x}");
+    let mut t = String::with_capacity(64);
+    t.push_str(prefix);
+    while t.len() + tail.len() < 64 {
+        t.push('0');
     }
-    let base = json!({"aps": {"alert": {"title": "Hello", "body": format!("notification {n}")}}, "pad": ""});
-    let base_len = base.to_string().len();
-    let pad = "x".repeat(s.payload_bytes.saturating_sub(base_len));
-    let payload = json!({"aps": {"alert": {"title": "Hello", "body": format!("notification {n}")}}, "pad": pad});
-    let mut job =
-        json!({"id": id.to_string(), "device_token": token, "topic": s.topic, "payload": payload});
+    t + &tail
+}
+
+/// An alert payload of about `bytes` bytes: title, "notification <n>", and a `pad`
+/// key that makes up the size.
+pub fn synthetic_payload(title: &str, n: u64, bytes: usize) -> serde_json::Value {
+    let alert = json!({"title": title, "body": format!("notification {n}")});
+    let base = json!({"aps": {"alert": alert}, "pad": ""})
+        .to_string()
+        .len();
+    json!({"aps": {"alert": alert}, "pad": "x".repeat(bytes.saturating_sub(base))})
+}
+
+/// Synthetic job `n`: a unique id and token, an alert of about `payload_bytes` bytes.
+pub fn synthetic_job(s: &Synthetic, n: u64) -> String {
+    let mut job = json!({
+        "id": uuid::Uuid::new_v4().to_string(),
+        "device_token": synthetic_token(&s.token_prefix, n),
+        "topic": s.topic,
+        "payload": synthetic_payload("Hello", n, s.payload_bytes),
+    });
     if let Some(app) = &s.app {
         job["app"] = json!(app);
     }

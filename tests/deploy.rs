@@ -159,11 +159,11 @@ fn the_compose_file_validates_and_its_files_are_consistent() {
         Vec::<(String, String)>::new(),
     )
     .unwrap();
-    let faults: apns_worker::mock::Faults =
+    let faults: apns_mock::Faults =
         toml::from_str(&std::fs::read_to_string(root().join("deploy/demo-faults.toml")).unwrap())
             .unwrap();
     faults.check().unwrap();
-    let apps = apns_worker::worker::job::AppDirectory::from_config(&cfg.apps);
+    let apps = apns_worker::job::AppDirectory::from_config(&cfg.apps);
     let jobs =
         apns_worker::publish::load_jsonl(&root().join("deploy/sample-jobs.jsonl"), &apps, 65536)
             .unwrap();
@@ -190,7 +190,11 @@ fn the_dockerfile_parses_builds_in_stages_and_runs_as_non_root() {
     ]).arg(root().join("Dockerfile")));
     let cmds: Vec<(String, Vec<String>, Vec<String>)> = serde_json::from_str(&out).unwrap();
     let froms: Vec<_> = cmds.iter().filter(|c| c.0 == "FROM").collect();
-    assert_eq!(froms.len(), 2, "multi-stage");
+    assert!(froms.len() >= 2, "multi-stage");
+    assert!(
+        froms.iter().any(|f| f.1.iter().any(|v| v == "mock")),
+        "a `mock` stage for docker-compose"
+    );
     let last_stage = cmds.iter().rposition(|c| c.0 == "FROM").unwrap();
     let runtime = &cmds[last_stage..];
     let user = runtime
@@ -213,4 +217,164 @@ fn the_dockerfile_parses_builds_in_stages_and_runs_as_non_root() {
         runtime.iter().all(|c| c.0 != "RUN"),
         "nothing runs in the runtime image (no shell)"
     );
+}
+
+/// The Dockerfile's instructions, parsed: (instruction, arguments, flags).
+fn dockerfile() -> Vec<(String, Vec<String>, Vec<String>)> {
+    let out = tools::run_ok(Command::new(tools::python()).args([
+        "-c",
+        "import dockerfile, json, sys; print(json.dumps([[c.cmd, list(c.value), list(c.flags)] for c in dockerfile.parse_file(sys.argv[1])]))",
+    ]).arg(root().join("Dockerfile")));
+    serde_json::from_str(&out).unwrap()
+}
+
+/// Is `rel` (relative to the build context) excluded by `.dockerignore`? Only the two
+/// forms the file uses are understood (`name` at the top, `**/name` at any depth); any
+/// other pattern fails the test rather than being ignored.
+fn docker_ignored(rel: &std::path::Path) -> bool {
+    let text = std::fs::read_to_string(root().join(".dockerignore")).unwrap();
+    let names: Vec<String> = rel
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .any(|pattern| match pattern.strip_prefix("**/") {
+            Some(name) => {
+                assert!(!name.contains(['/', '*', '?', '!']), "{pattern}");
+                names.iter().any(|n| n == name)
+            }
+            None => {
+                assert!(!pattern.contains(['/', '*', '?', '!']), "{pattern}");
+                names.first().is_some_and(|n| n == pattern)
+            }
+        })
+}
+
+fn copy_context(from: &std::path::Path, rel: &std::path::Path, to: &std::path::Path) {
+    if docker_ignored(rel) {
+        return;
+    }
+    let src = from.join(rel);
+    if src.is_dir() {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(&src).unwrap() {
+            let name = e.unwrap().file_name();
+            copy_context(from, &rel.join(&name), &to.join(&name));
+        }
+    } else {
+        std::fs::copy(&src, to).unwrap_or_else(|e| panic!("copy {}: {e}", src.display()));
+    }
+}
+
+/// The image builds: exactly what the build stage copies (minus `.dockerignore`) is
+/// staged in a scratch directory and the stage's RUN commands run there, with the
+/// image's absolute paths (WORKDIR, /out) mapped into it. A file the build needs but
+/// the Dockerfile does not copy fails this test (the manifest naming a bench that was
+/// not copied is how the image broke once). The build's target directory is kept under
+/// this checkout's (`target/docker-replay`), so later runs reuse what it built; a cold
+/// run builds the worker's dependencies once more (a few minutes).
+#[test]
+fn the_image_builds_from_what_the_dockerfile_copies() {
+    let cmds = dockerfile();
+    let stage_end = cmds
+        .iter()
+        .skip(1)
+        .position(|c| c.0 == "FROM")
+        .map_or(cmds.len(), |p| p + 1);
+    let build = &cmds[..stage_end];
+    assert!(build[0].2.is_empty() && build[0].1.iter().any(|v| v == "build"));
+    let workdir = build
+        .iter()
+        .find(|c| c.0 == "WORKDIR")
+        .map(|c| c.1[0].clone())
+        .expect("WORKDIR");
+    let scratch = tempfile::tempdir().unwrap();
+    let ctx = scratch.path().join("src");
+    let out = scratch.path().join("out");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let mut runs = Vec::new();
+    for (cmd, args, flags) in build {
+        match cmd.as_str() {
+            "COPY" => {
+                assert!(flags.is_empty(), "COPY {args:?} {flags:?}");
+                let (dest, sources) = args.split_last().unwrap();
+                for s in sources {
+                    let target = if dest.ends_with('/') || sources.len() > 1 {
+                        ctx.join(dest.trim_start_matches("./")).join(s)
+                    } else {
+                        ctx.join(dest.trim_start_matches("./"))
+                    };
+                    copy_context(&root(), std::path::Path::new(s), &target);
+                }
+            }
+            "RUN" => runs.push(args.join(" ")),
+            _ => {}
+        }
+    }
+    assert!(!runs.is_empty());
+    // The build's target directory, kept between runs (not the checkout's own: the
+    // replay's binaries must not replace the ones other tests run).
+    let kept = root().join("target/docker-replay");
+    std::fs::create_dir_all(&kept).unwrap();
+    std::os::unix::fs::symlink(&kept, ctx.join("target")).unwrap();
+    for run in runs {
+        let script = run
+            .replace(" /out", &format!(" {}", out.display()))
+            .replace(&format!("{workdir}/"), &format!("{}/", ctx.display()));
+        tools::run_ok(
+            Command::new("sh")
+                .args(["-ec", &script])
+                .current_dir(&ctx)
+                .env_remove("CARGO_TARGET_DIR"),
+        );
+    }
+    for bin in ["apns-worker", "apns-mock"] {
+        let out = tools::run_ok(Command::new(out.join(bin)).arg("--version"));
+        assert!(out.starts_with(bin), "{out}");
+    }
+}
+
+/// Every image the compose file builds comes from this Dockerfile and names a stage
+/// that exists (the default stage is the worker).
+#[test]
+fn the_compose_file_builds_stages_that_exist() {
+    let stages: Vec<String> = dockerfile()
+        .into_iter()
+        .filter(|c| c.0 == "FROM")
+        .filter_map(|c| {
+            let v = c.1;
+            v.iter()
+                .position(|w| w.eq_ignore_ascii_case("as"))
+                .and_then(|i| v.get(i + 1).cloned())
+        })
+        .collect();
+    let compose =
+        tools::yaml_docs(&std::fs::read_to_string(root().join("docker-compose.yml")).unwrap());
+    let mut built = 0;
+    for (name, service) in compose[0]["services"].as_object().unwrap() {
+        let b = &service["build"];
+        if b.is_null() {
+            continue;
+        }
+        built += 1;
+        let (context, target, file) = match b {
+            Value::String(c) => (c.as_str(), None, None),
+            _ => (
+                b["context"].as_str().unwrap_or("."),
+                b["target"].as_str(),
+                b["dockerfile"].as_str(),
+            ),
+        };
+        assert_eq!(context, ".", "{name}: the context is the repository");
+        assert!(file.is_none_or(|f| f == "Dockerfile"), "{name}");
+        if let Some(t) = target {
+            assert!(
+                stages.iter().any(|s| s == t),
+                "{name}: no stage {t} in {stages:?}"
+            );
+        }
+    }
+    assert!(built >= 2, "the worker's and the mock's images are built");
 }

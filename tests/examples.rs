@@ -39,10 +39,10 @@ async fn the_python_producer_publishes_valid_jobs() {
         );
         assert!(g.header_str("traceparent").is_some());
         let body = bytes::Bytes::from(g.body.clone());
-        apns_worker::worker::job::decode(
+        apns_worker::job::decode(
             &body,
             &Default::default(),
-            &apns_worker::worker::job::AppDirectory::permissive(),
+            &apns_worker::job::AppDirectory::permissive(),
             65536,
         )
         .unwrap();
@@ -94,7 +94,7 @@ async fn the_rust_cleanup_consumer_reads_the_events() {
             "com.example.app".into(),
             Default::default(),
             event.as_bytes(),
-            apns_worker::worker::amqp::event_props("e"),
+            apns_worker::amqp::event_props("e"),
         )
         .await
         .unwrap()

@@ -3,7 +3,7 @@
 //! refuses what the schema refuses with a reason. Runs a bounded number of cases
 //! (PROPTEST_CASES, default 2,000 per property) in CI.
 
-use apns_worker::worker::job::{self, AppDirectory, AppEntry, Envelope};
+use apns_worker::job::{self, AppDirectory, AppEntry, Envelope};
 use bytes::Bytes;
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -13,8 +13,7 @@ fn apps() -> AppDirectory {
         name: "shop".into(),
         topics: vec!["com.example.app".into()],
         default_topic: Some("com.example.app".into()),
-        any_topic: true,
-        key_topics: vec![],
+        key_topics: None,
     }])
 }
 

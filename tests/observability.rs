@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use apns_worker::mock::Faults;
+use apns_mock::Faults;
 use common::broker;
 use common::proxy::Proxy;
 use common::*;
@@ -44,7 +44,7 @@ fn start_admin(w: &broker::Running) -> std::net::SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     let worker = w.worker.clone();
     tokio::spawn(async move {
-        let (addr, serve) = apns_worker::admin::bind(
+        let (addr, serve) = apns_worker::obs::admin::bind(
             "127.0.0.1:0".parse().unwrap(),
             worker,
             std::future::pending(),
@@ -78,18 +78,21 @@ async fn metrics_show_the_counts_of_a_mixed_run() {
         let prefix = ["0a", "0a", "0a", "0a", "dead", "b400", "c503"][(i % 7) as usize];
         jobs.push(serde_json::json!({"id": format!("m{i}"), "device_token": token(prefix, i), "topic": TOPIC, "payload": {}}).to_string());
     }
+    // An invalid job is counted under the app it would go to (here the only one, as the
+    // decoder resolves it); one that names no app it can be told from has app "".
     jobs.push(r#"{"not": "a job"}"#.to_string());
+    jobs.push("not JSON at all".to_string());
     broker::publish_raw(
         &conn,
         &q.jobs,
         jobs.into_iter()
-            .map(|b| (b.into_bytes(), apns_worker::worker::amqp::job_props("x")))
+            .map(|b| (b.into_bytes(), apns_worker::amqp::job_props("x")))
             .collect(),
     )
     .await;
     w.wait_drained(&conn, &q, &cfg.retry, Duration::from_secs(30))
         .await;
-    let s = w.worker.stats.summary();
+    let s = w.worker.summary();
     let (status, text) = get(admin, "/metrics").await;
     assert_eq!(status, 200);
     let v = samples(&text);
@@ -104,6 +107,7 @@ async fn metrics_show_the_counts_of_a_mixed_run() {
     assert_eq!(job("token_cleanup", "Unregistered"), s.token_cleanups);
     assert_eq!(job("dead_letter", "BadTopic"), s.dead_lettered["BadTopic"]);
     assert_eq!(job("retry", "ServiceUnavailable"), s.retried);
+    assert_eq!(job("dead_letter", "InvalidJob"), 1, "{text}");
     assert_eq!(
         v[r#"apns_worker_jobs_total{app="",outcome="dead_letter",reason="InvalidJob"}"#] as u64,
         1
@@ -146,7 +150,7 @@ async fn readyz_follows_the_broker_and_healthz_answers() {
     let q = broker::topology("readyz");
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let mut cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 1))]);
-    cfg.broker.url = apns_worker::secret::Secret::new(proxy.amqp_url());
+    cfg.broker.url = apns::secret::Secret::new(proxy.amqp_url());
     cfg.broker.reconnect_min_ms = 100;
     cfg.broker.reconnect_max_ms = 200;
     let conn = broker::connect().await;

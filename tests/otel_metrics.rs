@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use apns_worker::mock::Faults;
+use apns_mock::Faults;
 use common::broker;
 use common::*;
 use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
@@ -25,7 +25,7 @@ async fn otlp_metrics_carry_the_counts_of_a_run() {
         .with_periodic_exporter(exporter.clone())
         .build();
     opentelemetry::global::set_meter_provider(provider.clone());
-    apns_worker::telemetry::set_otlp_metrics(true);
+    apns_worker::obs::telemetry::set_otlp_metrics(true);
 
     let m = mock(Faults {
         rules: vec![rule("b400", 400, "BadTopic", None)],
@@ -36,7 +36,12 @@ async fn otlp_metrics_carry_the_counts_of_a_run() {
     let cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 1))]);
     let conn = broker::connect().await;
     let w = broker::start(cfg.clone()).await;
-    apns_worker::otel_metrics::install(&w.worker);
+    let status: std::sync::Arc<dyn apns_worker::obs::Status> = w.worker.clone();
+    w.worker
+        .metrics()
+        .attach_otlp(apns_worker::obs::otlp::install(std::sync::Arc::downgrade(
+            &status,
+        )));
     let jobs = (0..30u64)
         .map(|i| {
             let prefix = if i % 3 == 0 { "b400" } else { "0a" };
@@ -46,7 +51,7 @@ async fn otlp_metrics_carry_the_counts_of_a_run() {
     broker::publish_jobs(&conn, &q.jobs, jobs).await;
     w.wait_terminal(30, Duration::from_secs(20)).await;
     provider.force_flush().unwrap();
-    let s = w.worker.stats.summary();
+    let s = w.worker.summary();
     let exported = exporter.get_finished_metrics().unwrap();
     let last = exported.last().expect("an export");
     let mut jobs = std::collections::BTreeMap::new();

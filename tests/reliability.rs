@@ -6,7 +6,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use apns_worker::mock::{Faults, MockConfig, RandomAnswer, TokenRule};
+use apns_mock::{Faults, MockConfig, RandomAnswer, TokenRule};
 use common::broker::{self, Got};
 use common::process::{ChildConfig, WorkerProcess, write_config};
 use common::proxy::Proxy;
@@ -40,7 +40,7 @@ fn index_of(token: &str) -> u64 {
 
 /// Every job reached exactly the terminal state it should; duplicates of delivery are
 /// returned (the number of extra 200s the mock gave for the same job).
-fn reconcile(n: u64, mock: &apns_worker::mock::MockApns, cleanups: &[Got], dead: &[Got]) -> u64 {
+fn reconcile(n: u64, mock: &apns_mock::MockApns, cleanups: &[Got], dead: &[Got]) -> u64 {
     let mut delivered = BTreeMap::<u64, u64>::new();
     let mut seen = BTreeMap::<u64, Vec<String>>::new();
     for r in mock.received() {
@@ -120,7 +120,7 @@ async fn hostile_input_is_dead_lettered_and_the_worker_stays_healthy() {
     corpus.sort();
     let bodies = corpus
         .iter()
-        .map(|(name, body)| (body.clone(), apns_worker::worker::amqp::job_props(name)))
+        .map(|(name, body)| (body.clone(), apns_worker::amqp::job_props(name)))
         .collect();
     broker::publish_raw(&conn, &q.jobs, bodies).await;
     w.wait_terminal(corpus.len() as u64, Duration::from_secs(20))
@@ -205,7 +205,7 @@ async fn broker_loss_mid_run_loses_nothing_and_readiness_follows() {
     let q = broker::topology("brokerloss");
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let mut cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 2))]);
-    cfg.broker.url = apns_worker::secret::Secret::new(proxy.amqp_url());
+    cfg.broker.url = apns::secret::Secret::new(proxy.amqp_url());
     cfg.broker.reconnect_min_ms = 100;
     cfg.broker.reconnect_max_ms = 300;
     let conn = broker::connect().await;
@@ -306,7 +306,7 @@ async fn chaos_reconciliation() {
     let proxy = Proxy::start("127.0.0.1:5672").await;
     let name = format!("chaos-{}", uuid::Uuid::new_v4().simple());
     let mut cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 2))]);
-    cfg.broker.url = apns_worker::secret::Secret::new(proxy.amqp_url());
+    cfg.broker.url = apns::secret::Secret::new(proxy.amqp_url());
     cfg.broker.connection_name = Some(name.clone());
     cfg.broker.prefetch = 2000;
     cfg.broker.reconnect_min_ms = 100;
@@ -434,7 +434,7 @@ async fn sigterm_during_full_load_drains_within_the_deadline() {
     let child = child_config(&m, "sigterm-worker", &q, &r, "");
     let conn = broker::connect().await;
     let ch = conn.create_channel().await.unwrap();
-    apns_worker::worker::amqp::declare_topology(&ch, &q, &r)
+    apns_worker::amqp::declare_topology(&ch, &q, &r)
         .await
         .unwrap();
     broker::publish_jobs(&conn, &q.jobs, (0..N).map(job_for).collect()).await;
@@ -507,7 +507,7 @@ async fn three_replicas_one_killed_one_terminated() {
     let r = broker::fast_retry();
     let conn = broker::connect().await;
     let ch = conn.create_channel().await.unwrap();
-    apns_worker::worker::amqp::declare_topology(&ch, &q, &r)
+    apns_worker::amqp::declare_topology(&ch, &q, &r)
         .await
         .unwrap();
     let children: Vec<Child> = (1..=3)
@@ -542,9 +542,9 @@ async fn three_replicas_one_killed_one_terminated() {
     // has been quiet for a while.
     let mut queues = vec![q.jobs.clone()];
     queues.extend(
-        apns_worker::worker::settle::delay_levels(&r)
+        apns_worker::settle::delay_levels(&r)
             .into_iter()
-            .map(|l| apns_worker::worker::amqp::delay_queue_name(&q, l)),
+            .map(|l| apns_worker::amqp::delay_queue_name(&q, l)),
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
     let mut quiet = 0;
@@ -603,7 +603,7 @@ async fn secrets_never_reach_logs() {
     // A broker URL with a password of its own, through an env override.
     let conn = broker::connect().await;
     let ch = conn.create_channel().await.unwrap();
-    apns_worker::worker::amqp::declare_topology(&ch, &q, &r)
+    apns_worker::amqp::declare_topology(&ch, &q, &r)
         .await
         .unwrap();
     broker::publish_jobs(&conn, &q.jobs, vec![job_for(1), mixed_job(1).0]).await;
@@ -653,7 +653,7 @@ async fn a_second_signal_exits_at_once() {
     let child = child_config(&m, "twosignals-worker", &q, &r, "");
     let conn = broker::connect().await;
     let ch = conn.create_channel().await.unwrap();
-    apns_worker::worker::amqp::declare_topology(&ch, &q, &r)
+    apns_worker::amqp::declare_topology(&ch, &q, &r)
         .await
         .unwrap();
     broker::publish_jobs(&conn, &q.jobs, (0..20).map(job_for).collect()).await;

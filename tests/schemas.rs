@@ -1,7 +1,7 @@
 //! The published contracts: the schemas are valid JSON Schema 2020-12, the examples
 //! validate, and the worker's decoder agrees with the job schema on a corpus.
 
-use apns_worker::worker::job::{self, AppDirectory, Envelope};
+use apns_worker::job::{self, AppDirectory, Envelope};
 use serde_json::{Value, json};
 
 fn load(path: &str) -> Value {

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use apns_worker::mock::{Faults, MockConfig, RandomAnswer};
+use apns_mock::{Faults, MockConfig, RandomAnswer};
 use common::broker;
 use common::process::{ChildConfig, WorkerProcess, write_config};
 use common::proxy::Proxy;
@@ -70,7 +70,7 @@ async fn soak() {
     });
     let conn = broker::connect().await;
     let ch = conn.create_channel().await.unwrap();
-    apns_worker::worker::amqp::declare_topology(&ch, &q, &r)
+    apns_worker::amqp::declare_topology(&ch, &q, &r)
         .await
         .unwrap();
     let p = WorkerProcess::spawn(&config, dir.path().join("soak.log"), "warn");
@@ -186,7 +186,7 @@ async fn memory_is_bounded_by_prefetch_not_backlog() {
     });
     let conn = broker::connect().await;
     let ch = conn.create_channel().await.unwrap();
-    apns_worker::worker::amqp::declare_topology(&ch, &q, &r)
+    apns_worker::amqp::declare_topology(&ch, &q, &r)
         .await
         .unwrap();
     let t0 = Instant::now();

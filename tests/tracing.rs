@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use apns_worker::mock::Faults;
+use apns_mock::Faults;
 use common::broker;
 use common::*;
 use lapin::types::{AMQPValue, FieldTable, LongString};
@@ -27,7 +27,7 @@ async fn the_producers_traceparent_is_the_parent_of_the_job_span() {
     opentelemetry::global::set_text_map_propagator(
         opentelemetry_sdk::propagation::TraceContextPropagator::new(),
     );
-    apns_worker::telemetry::set_job_spans(true);
+    apns_worker::obs::telemetry::set_job_spans(true);
 
     let m = mock(Faults::default()).await;
     let q = broker::topology("tracing");
@@ -45,7 +45,7 @@ async fn the_producers_traceparent_is_the_parent_of_the_job_span() {
         "tracestate".into(),
         AMQPValue::LongString(LongString::from("vendor=x")),
     );
-    let props = apns_worker::worker::amqp::job_props("traced-1").with_headers(headers);
+    let props = apns_worker::amqp::job_props("traced-1").with_headers(headers);
     let body = serde_json::json!({"id": "traced-1", "device_token": token("0a", 1), "topic": TOPIC, "payload": {"aps": {"alert": "hi"}}}).to_string();
     broker::publish_raw(&conn, &q.jobs, vec![(body.into_bytes(), props)]).await;
     w.wait_terminal(1, Duration::from_secs(10)).await;

@@ -6,7 +6,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use apns_worker::mock::Faults;
+use apns_mock::Faults;
 use common::broker::{self, Got};
 use common::*;
 use serde_json::json;
@@ -91,14 +91,11 @@ async fn every_row_of_the_settlement_table() {
     broker::publish_jobs(&conn, &q.jobs, jobs).await;
     let mut raw = Vec::new();
     for (id, body) in &invalid {
-        raw.push((
-            body.as_bytes().to_vec(),
-            apns_worker::worker::amqp::job_props(id),
-        ));
+        raw.push((body.as_bytes().to_vec(), apns_worker::amqp::job_props(id)));
     }
     raw.push((
         expired.into_bytes(),
-        apns_worker::worker::amqp::job_props("expired"),
+        apns_worker::amqp::job_props("expired"),
     ));
     broker::publish_raw(&conn, &q.jobs, raw).await;
 
@@ -218,13 +215,9 @@ async fn every_row_of_the_settlement_table() {
 
     // Nothing left anywhere.
     assert_eq!(broker::depth(&conn, &q.jobs).await, 0);
-    for level in apns_worker::worker::settle::delay_levels(&cfg.retry) {
+    for level in apns_worker::settle::delay_levels(&cfg.retry) {
         assert_eq!(
-            broker::depth(
-                &conn,
-                &apns_worker::worker::amqp::delay_queue_name(&q, level)
-            )
-            .await,
+            broker::depth(&conn, &apns_worker::amqp::delay_queue_name(&q, level)).await,
             0
         );
     }
@@ -236,12 +229,12 @@ async fn broken_credentials_pause_only_that_app_and_its_backlog_drains_once_fixe
     let m = mock(Faults::default()).await;
     let good = m.token_app(TEAM, KEY, 1);
     // App "broken": a key APNs does not know (revoked): 403 InvalidProviderToken.
-    let (private, public) = apns_worker::mock::certs::generate_signing_key().unwrap();
+    let (private, public) = apns_mock::certs::generate_signing_key().unwrap();
     let mut bad = good.clone();
     bad.team_id = Some("TEAM777777".into());
     bad.topics = vec!["com.example.broken".into()];
     bad.keys[0].key_id = "KEY7777777".into();
-    bad.keys[0].key = Some(apns_worker::secret::Secret::new(private));
+    bad.keys[0].key = Some(apns::secret::Secret::new(private));
     let q = broker::topology("creds");
     let cfg = worker_config(q.clone(), vec![("good", good), ("broken", bad)]);
     let conn = broker::connect().await;
@@ -258,7 +251,7 @@ async fn broken_credentials_pause_only_that_app_and_its_backlog_drains_once_fixe
         |s| s.delivered >= 50 && s.parked >= 50,
     )
     .await;
-    let s = w.worker.stats.summary();
+    let s = w.worker.summary();
     assert_eq!(s.delivered, 50, "only the good app's jobs went out");
     assert_eq!(
         s.dead_lettered_total(),
@@ -279,7 +272,7 @@ async fn broken_credentials_pause_only_that_app_and_its_backlog_drains_once_fixe
 
     // Fix the credentials (APNs learns the key); the parked backlog drains.
     m.mock
-        .add_key(apns_worker::mock::MockKey {
+        .add_key(apns_mock::MockKey {
             key_id: "KEY7777777".into(),
             team_id: "TEAM777777".into(),
             public_key_pem: public,
@@ -362,7 +355,7 @@ async fn publish_checks_every_line_before_sending_anything() {
     let conn = broker::connect().await;
     // Declare the topology the way the worker does.
     let ch = conn.create_channel().await.unwrap();
-    apns_worker::worker::amqp::declare_topology(&ch, &q, &cfg.retry)
+    apns_worker::amqp::declare_topology(&ch, &q, &cfg.retry)
         .await
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -376,7 +369,7 @@ async fn publish_checks_every_line_before_sending_anything() {
         ),
     )
     .unwrap();
-    let apps = apns_worker::worker::job::AppDirectory::from_config(&cfg.apps);
+    let apps = apns_worker::job::AppDirectory::from_config(&cfg.apps);
     let err = apns_worker::publish::run(
         &cfg.broker,
         &q.jobs,
@@ -427,7 +420,7 @@ async fn reconciliation_of_20000_mixed_jobs() {
         ],
         ..Faults::default()
     };
-    let m = mock_with(apns_worker::mock::MockConfig {
+    let m = mock_with(apns_mock::MockConfig {
         faults,
         record: false,
         ..Default::default()
@@ -463,7 +456,7 @@ async fn reconciliation_of_20000_mixed_jobs() {
         .map(|(i, b)| {
             (
                 b.clone().into_bytes(),
-                apns_worker::worker::amqp::job_props(&format!("j{i}")),
+                apns_worker::amqp::job_props(&format!("j{i}")),
             )
         })
         .collect();
@@ -547,7 +540,7 @@ async fn a_failed_publish_is_not_an_ack() {
         s.publish_failures >= 2
     })
     .await;
-    assert_eq!(w.worker.stats.summary().token_cleanups, 0);
+    assert_eq!(w.worker.summary().token_cleanups, 0);
     // Now someone binds a queue: the next redelivery gets through.
     let late = format!("{}late", q.jobs);
     let ch = conn.create_channel().await.unwrap();

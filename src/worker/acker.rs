@@ -40,10 +40,6 @@ pub struct Guard {
 }
 
 impl Guard {
-    pub fn tag(&self) -> u64 {
-        self.tag
-    }
-
     pub fn ack(mut self) {
         self.send(Settle::Ack);
     }

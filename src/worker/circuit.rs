@@ -5,6 +5,8 @@
 //! if APNs accepts the credentials it closes, otherwise it opens again for twice as long
 //! (up to a maximum). Other apps are not affected.
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,6 +96,49 @@ impl Circuit {
         if self.state == State::HalfOpen {
             self.state = State::Open { until: now };
         }
+    }
+}
+
+/// One circuit per app.
+#[derive(Debug)]
+pub struct Circuits(BTreeMap<String, Mutex<Circuit>>);
+
+impl Circuits {
+    pub fn new<'a>(apps: impl Iterator<Item = &'a String>, base: Duration, max: Duration) -> Self {
+        Circuits(
+            apps.map(|name| (name.clone(), Mutex::new(Circuit::new(base, max))))
+                .collect(),
+        )
+    }
+
+    /// The circuit of `app` (every configured app has one).
+    pub fn of(&self, app: &str) -> Option<MutexGuard<'_, Circuit>> {
+        self.0.get(app).map(|c| c.lock().expect("circuit lock"))
+    }
+
+    /// Each app and its circuit's state and trips, in name order.
+    pub fn states(&self) -> Vec<(&str, State, u64)> {
+        self.0
+            .iter()
+            .map(|(name, c)| {
+                let c = c.lock().expect("circuit lock");
+                (name.as_str(), c.state(), c.trips)
+            })
+            .collect()
+    }
+
+    /// The apps whose circuit is not closed (paused or probing).
+    pub fn paused(&self) -> Vec<&str> {
+        self.states()
+            .into_iter()
+            .filter(|(_, s, _)| *s != State::Closed)
+            .map(|(n, _, _)| n)
+            .collect()
+    }
+
+    /// No app configured, or at least one sending.
+    pub fn any_sending(&self) -> bool {
+        self.0.is_empty() || self.states().iter().any(|(_, s, _)| *s == State::Closed)
     }
 }
 

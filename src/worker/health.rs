@@ -4,9 +4,11 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use crate::metrics::{Sample, Snapshot};
-use crate::worker::circuit::State;
-use crate::worker::run::Worker;
+use apns::ApnsClient;
+
+use super::circuit::{Circuits, State};
+use super::stats::Summary;
+use crate::obs::{Sample, Snapshot};
 
 #[derive(Debug, Default)]
 pub struct Health {
@@ -25,11 +27,17 @@ fn gauge(name: &'static str, help: &'static str, samples: Vec<Sample>) -> Snapsh
 }
 
 /// The values read at scrape time.
-pub fn snapshot(w: &Worker) -> Vec<Snapshot> {
+pub fn snapshot(
+    client: &ApnsClient,
+    circuits: &Circuits,
+    h: &Health,
+    s: &Summary,
+    prefetch: u16,
+) -> Vec<Snapshot> {
     let (mut in_flight, mut limits, mut open, mut connects, mut failures, mut goaways, mut lost) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut token_age = vec![];
-    for app in w.client.apps() {
+    for app in client.apps() {
         for pool in app.pools() {
             let scope = pool
                 .name()
@@ -65,18 +73,15 @@ pub fn snapshot(w: &Worker) -> Vec<Snapshot> {
         }
     }
     let (mut paused, mut trips) = (vec![], vec![]);
-    for (app, c) in &w.circuits {
-        let c = c.lock().expect("circuit lock");
-        let state = match c.state() {
+    for (app, state, n) in circuits.states() {
+        let state = match state {
             State::Closed => 0,
             State::HalfOpen => 1,
             State::Open { .. } => 2,
         };
-        paused.push(Sample::Gauge(vec![("app", app.clone())], state));
-        trips.push(Sample::Counter(vec![("app", app.clone())], c.trips));
+        paused.push(Sample::Gauge(vec![("app", app.to_string())], state));
+        trips.push(Sample::Counter(vec![("app", app.to_string())], n));
     }
-    let h = &w.health;
-    let s = w.stats.summary();
     let one = |v: bool| vec![Sample::Gauge(vec![], v as i64)];
     let count = |v: u64| vec![Sample::Counter(vec![], v)];
     vec![
@@ -151,7 +156,7 @@ pub fn snapshot(w: &Worker) -> Vec<Snapshot> {
         gauge(
             "apns_worker_prefetch",
             "Configured consumer prefetch (unacked deliveries at once)",
-            vec![Sample::Gauge(vec![], i64::from(w.cfg.broker.prefetch))],
+            vec![Sample::Gauge(vec![], i64::from(prefetch))],
         ),
         gauge(
             "apns_worker_broker_sessions",

@@ -1,12 +1,22 @@
-//! The worker: consume jobs from RabbitMQ, send them with the APNs client, settle each
-//! message by its outcome. Pure parts: `job`, `settle`, `circuit`. I/O: `amqp`, `acker`, `run`.
+//! The delivery path. Broker sessions (`session`) hand each delivery to its own task,
+//! which goes from bytes to a settlement decision (`delivery`); the settlement is
+//! carried out in one place (`execute`) and reported by one observer (`observe`:
+//! stats, metrics, a log line, span fields). Around them: the shared state (`state`),
+//! ack coalescing per channel (`acker`), the per-app circuit for broken credentials
+//! (`circuit`), the memory of recent outcomes (`recent`), the counters (`stats`) and
+//! what health and the metrics snapshot read (`health`).
 
-pub mod acker;
-pub mod amqp;
-pub mod circuit;
-pub mod health;
-pub mod job;
-pub mod recent;
-pub mod run;
-pub mod settle;
-pub mod stats;
+mod acker;
+mod circuit;
+mod delivery;
+mod execute;
+mod health;
+mod observe;
+mod recent;
+mod session;
+mod state;
+mod stats;
+
+pub use session::serve;
+pub use state::{StartError, Worker};
+pub use stats::Summary;

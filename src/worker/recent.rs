@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use uuid::Uuid;
 
-use crate::apns::classify::Outcome;
+use apns::classify::Outcome;
 
 /// What is remembered of one notification.
 #[derive(Clone, Debug, PartialEq, Eq)]

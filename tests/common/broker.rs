@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use apns_worker::amqp;
 use apns_worker::config::{Config, QueueSettings, RetrySettings};
-use apns_worker::worker::amqp;
-use apns_worker::worker::run::{Worker, serve};
-use apns_worker::worker::settle::delay_levels;
-use apns_worker::worker::stats::Summary;
+use apns_worker::settle::delay_levels;
+use apns_worker::worker::Summary;
+use apns_worker::worker::{Worker, serve};
 use lapin::options::{
     BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -211,8 +211,7 @@ pub async fn start(cfg: Config) -> Running {
 }
 
 pub fn start_unready(cfg: Config) -> Running {
-    let worker =
-        Worker::start(cfg, Arc::new(apns_worker::apns::jwt::SystemClock)).expect("worker starts");
+    let worker = Worker::start(cfg).expect("worker starts");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(serve(worker.clone(), async move {
         let _ = rx.await;
@@ -227,7 +226,7 @@ pub fn start_unready(cfg: Config) -> Running {
 impl Running {
     /// Jobs in a terminal state so far.
     pub fn terminal(&self) -> u64 {
-        self.worker.stats.summary().terminal()
+        self.worker.summary().terminal()
     }
 
     /// Wait until `n` jobs are terminal (an observable count, not a sleep).
@@ -238,7 +237,7 @@ impl Running {
                 panic!(
                     "only {} of {n} jobs settled in {within:?}: {:?}",
                     self.terminal(),
-                    self.worker.stats.summary()
+                    self.worker.summary()
                 );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -253,7 +252,7 @@ impl Running {
     ) {
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let s = self.worker.stats.summary();
+            let s = self.worker.summary();
             if cond(&s) {
                 return;
             }
@@ -282,12 +281,7 @@ impl Running {
         );
         let mut quiet = 0;
         while quiet < 5 {
-            let mut busy = self
-                .worker
-                .health
-                .in_flight
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0;
+            let mut busy = self.worker.in_flight() > 0;
             let mut depths = Vec::new();
             for name in &queues {
                 let d = depth(conn, name).await;
@@ -298,7 +292,7 @@ impl Running {
             if tokio::time::Instant::now() > deadline {
                 panic!(
                     "not drained in {within:?}: depths {depths:?}, {:?}",
-                    self.worker.stats.summary()
+                    self.worker.summary()
                 );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

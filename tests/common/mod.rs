@@ -1,17 +1,12 @@
-//! Shared helpers of the integration tests: a mock APNs with a trusted CA file, app
-//! configs for token and certificate auth, notifications.
+//! Shared helpers of the worker's integration tests: a mock APNs with a trusted CA
+//! file, token-auth apps pointed at it, worker configs with a private topology.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use apns_worker::apns::client::{ApnsClient, AppClient};
-use apns_worker::apns::jwt::{Clock, SignerRegistry, SystemClock};
-use apns_worker::apns::notification::{Notification, NotificationParts, PushType};
-use apns_worker::config::{ApnsSettings, AppConfig, CertificateConfig, KeyConfig};
-use apns_worker::mock::{Faults, MockApns, MockConfig};
-use apns_worker::secret::Secret;
-use bytes::Bytes;
+use apns::{Secret, SecretSource};
+use apns_mock::{Faults, MockApns, MockConfig};
+use apns_worker::config::{ApnsSettings, AppConfig};
 
 pub const TEAM: &str = "TEAM123456";
 pub const KEY: &str = "KEY1234567";
@@ -47,47 +42,11 @@ impl Mock {
     /// A token-auth app whose key the mock knows.
     pub fn token_app(&self, team: &str, key_id: &str, connections: usize) -> AppConfig {
         let pem = self.mock.generate_key(team, key_id).unwrap();
-        AppConfig {
-            endpoint: self.mock.endpoint(),
-            topics: vec![TOPIC.into()],
-            default_topic: None,
-            connections,
-            max_streams_per_connection: 1000,
-            ca_file: Some(self.ca.clone()),
-            team_id: Some(team.into()),
-            keys: vec![KeyConfig {
-                key_id: key_id.into(),
-                key_file: None,
-                key: Some(Secret::new(pem)),
-                topics: vec![],
-            }],
-            certificate: None,
-        }
-    }
-
-    /// A certificate-auth app with a PEM identity the mock issued for `topics`.
-    pub fn cert_app(&self, topics: &[&str]) -> (AppConfig, apns_worker::mock::certs::Issued) {
-        let id = self.mock.issue_client_identity(topics).unwrap();
-        let app = AppConfig {
-            endpoint: self.mock.endpoint(),
-            topics: topics.iter().map(|s| s.to_string()).collect(),
-            default_topic: None,
-            connections: 1,
-            max_streams_per_connection: 1000,
-            ca_file: Some(self.ca.clone()),
-            team_id: None,
-            keys: vec![],
-            certificate: Some(CertificateConfig {
-                cert_file: None,
-                cert: Some(Secret::new(id.cert_pem.clone())),
-                key_file: None,
-                key: Some(Secret::new(id.key_pem.clone())),
-                pkcs12_file: None,
-                password: None,
-                password_file: None,
-            }),
-        };
-        (app, id)
+        let key = SecretSource::Value(Secret::new(pem));
+        let mut app = AppConfig::token(self.mock.endpoint(), team, key_id, key, &[TOPIC]);
+        app.connections = connections;
+        app.ca_file = Some(self.ca.clone());
+        app
     }
 }
 
@@ -101,54 +60,9 @@ pub fn fast_settings() -> ApnsSettings {
     }
 }
 
-pub fn app_client(app: &AppConfig, settings: &ApnsSettings) -> AppClient {
-    app_client_with_clock(app, settings, Arc::new(SystemClock))
-}
-
-pub fn app_client_with_clock(
-    app: &AppConfig,
-    settings: &ApnsSettings,
-    clock: Arc<dyn Clock>,
-) -> AppClient {
-    AppClient::start("test", app, settings, &SignerRegistry::default(), clock)
-        .expect("client starts")
-}
-
-pub fn client(apps: &[(&str, AppConfig)], settings: &ApnsSettings) -> ApnsClient {
-    let map = apps
-        .iter()
-        .map(|(n, a)| (n.to_string(), a.clone()))
-        .collect();
-    ApnsClient::start(&map, settings, Arc::new(SystemClock)).expect("client starts")
-}
-
 /// A 64-hex-digit device token made from a prefix and a number.
 pub fn token(prefix: &str, n: u64) -> String {
-    let tail = format!("{n:016x}");
-    let mut t = prefix.to_string();
-    while t.len() + tail.len() < 64 {
-        t.push('0');
-    }
-    t.push_str(&tail);
-    t
-}
-
-pub fn notification(device_token: &str) -> Notification {
-    notification_to(device_token, TOPIC)
-}
-
-pub fn notification_to(device_token: &str, topic: &str) -> Notification {
-    Notification::new(NotificationParts {
-        device_token: device_token.into(),
-        topic: topic.into(),
-        push_type: PushType::Alert,
-        priority: None,
-        expiration: None,
-        collapse_id: None,
-        apns_id: Some(uuid::Uuid::new_v4()),
-        payload: Bytes::from_static(br#"{"aps":{"alert":"hello"}}"#),
-    })
-    .expect("valid notification")
+    apns_worker::publish::synthetic_token(prefix, n)
 }
 
 /// Log to the test output when RUST_LOG is set.
@@ -187,13 +101,8 @@ pub mod proxy;
 pub mod tools;
 
 /// A mock answer rule by device-token prefix.
-pub fn rule(
-    prefix: &str,
-    status: u16,
-    reason: &str,
-    times: Option<u32>,
-) -> apns_worker::mock::TokenRule {
-    apns_worker::mock::TokenRule {
+pub fn rule(prefix: &str, status: u16, reason: &str, times: Option<u32>) -> apns_mock::TokenRule {
+    apns_mock::TokenRule {
         prefix: prefix.into(),
         status,
         reason: Some(reason.into()),
@@ -210,18 +119,4 @@ pub fn schema_validator(name: &str) -> jsonschema::Validator {
         .should_validate_formats(true)
         .build(&schema)
         .unwrap()
-}
-
-/// One raw HTTP/2 connection to the mock (for requests our client would never send).
-pub async fn raw_connection(m: &Mock) -> std::sync::Arc<apns_worker::apns::connection::Connection> {
-    use apns_worker::apns::connection::{ConnectOptions, Connection};
-    let opts = ConnectOptions {
-        endpoint: m.mock.endpoint(),
-        tls: apns_worker::apns::tls::client_config(Some(&m.ca), None).unwrap(),
-        connect_timeout: std::time::Duration::from_secs(5),
-        ping_interval: std::time::Duration::from_secs(60),
-        ping_timeout: std::time::Duration::from_secs(10),
-        max_streams: 10,
-    };
-    Connection::connect(1, &opts).await.unwrap()
 }

@@ -6,7 +6,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use apns_worker::config::{QueueSettings, RetrySettings};
-use apns_worker::worker::stats::Summary;
+use apns_worker::worker::Summary;
 use tokio::process::{Child, Command};
 
 /// What a child worker's config file holds: one token-auth app against the mock.

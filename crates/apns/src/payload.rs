@@ -1,0 +1,457 @@
+//! Payload checks: what APNs would refuse in a payload's JSON, found before sending.
+//! A payload must be a JSON object, nest at most [`MAX_DEPTH`] levels, and its `aps`
+//! dictionary must have the types Apple documents. Keys outside `aps` are the app's
+//! own; unknown keys inside `aps` are allowed (Apple adds keys).
+//!
+//! One pass finds the payload's depth and where its top-level `aps` is, so only `aps`
+//! is parsed again; the check types keep nothing, so checking allocates nothing.
+//!
+//! ```
+//! use apns::payload::{check, PayloadError};
+//!
+//! assert!(check(r#"{"aps":{"alert":{"title":"Hi"},"badge":3},"order":42}"#).is_ok());
+//! let e = check(r#"{"aps":{"badge":"three"}}"#).unwrap_err();
+//! assert!(e.to_string().starts_with("payload.aps.badge: invalid type"), "{e}");
+//! assert_eq!(check("[1]"), Err(PayloadError::NotObject));
+//! ```
+
+use std::fmt;
+
+use serde::de::{self, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer};
+
+/// Why a payload would be refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    #[error("payload must be a JSON object")]
+    NotObject,
+    #[error("payload nests deeper than {MAX_DEPTH} levels")]
+    TooDeep,
+    /// A field of `aps` has the wrong type or value; the text names its path
+    /// (`payload.aps.badge: invalid type: string "3", expected u32`).
+    #[error("{0}")]
+    Aps(String),
+}
+
+/// Check a payload. `raw` must be valid JSON text (as a `serde_json::value::RawValue`
+/// holds); its bytes are what APNs receives.
+pub fn check(raw: &str) -> Result<(), PayloadError> {
+    if !raw.trim_start().starts_with('{') {
+        return Err(PayloadError::NotObject);
+    }
+    let scan = scan_payload(raw);
+    if scan.depth > MAX_DEPTH {
+        return Err(PayloadError::TooDeep);
+    }
+    if aps_ok(raw, scan.aps) {
+        return Ok(());
+    }
+    // The whole payload again, with path tracking, to name the field. It is the
+    // authority: should it accept what the quick check refused, the payload is fine.
+    let mut de = serde_json::Deserializer::from_str(raw);
+    match serde_path_to_error::deserialize::<_, PayloadCheck>(&mut de) {
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            Err(PayloadError::Aps(if path == "." || path.is_empty() {
+                format!("payload.{inner}")
+            } else {
+                format!("payload.{path}: {inner}")
+            }))
+        }
+        // The quick check and the full parse agree (a property test holds them to it).
+        Ok(_) => Ok(()),
+    }
+}
+
+/// Deepest nesting of objects and arrays accepted in a payload.
+pub const MAX_DEPTH: usize = 32;
+
+/// Where a payload's top-level `aps` value is, as found by [`scan_payload`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ApsAt {
+    Absent,
+    /// Byte range of the value.
+    At(usize, usize),
+    /// A top-level key has escapes (it may spell `aps`), or `aps` appears twice: only
+    /// a full parse can tell.
+    Unsure,
+}
+
+/// What one pass over a payload finds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PayloadScan {
+    /// Deepest nesting of objects and arrays.
+    depth: usize,
+    aps: ApsAt,
+}
+
+/// One pass over a JSON object that is already known to be valid: its nesting depth,
+/// and where its top-level `aps` value is, so that only `aps` is parsed again. Strings
+/// are skipped with `memchr` (payload bytes are mostly string content).
+fn scan_payload(json: &str) -> PayloadScan {
+    let b = json.as_bytes();
+    let (mut d, mut max, mut i) = (0usize, 0usize, 0usize);
+    let (mut aps, mut unsure) = (ApsAt::Absent, false);
+    // At depth 1: is the next string a key; was the last key `aps`; where its value began.
+    let (mut expect_key, mut key_is_aps, mut value_from) = (false, false, None::<usize>);
+    let end_value = |at: usize, value_from: &mut Option<usize>, aps: &mut ApsAt| {
+        if let Some(from) = value_from.take() {
+            let v = &json[from..at];
+            let from = from + (v.len() - v.trim_start().len());
+            let to = at - (v.len() - v.trim_end().len());
+            *aps = match *aps {
+                ApsAt::Absent => ApsAt::At(from, to),
+                _ => ApsAt::Unsure,
+            };
+        }
+    };
+    while let Some(&c) = b.get(i) {
+        match c {
+            b'"' => {
+                let open = i;
+                let mut escaped = false;
+                i += 1;
+                // To the closing quote, stepping over escapes (`\"`, `\\`).
+                loop {
+                    let Some(k) = b
+                        .get(i..)
+                        .and_then(|rest| memchr::memchr2(b'"', b'\\', rest))
+                    else {
+                        return PayloadScan {
+                            depth: max,
+                            aps: ApsAt::Unsure,
+                        };
+                    };
+                    i += k;
+                    if b[i] == b'"' {
+                        break;
+                    }
+                    escaped = true;
+                    i += 2;
+                }
+                if d == 1 && expect_key {
+                    expect_key = false;
+                    key_is_aps = !escaped && b[open + 1..i] == *b"aps";
+                    unsure |= escaped;
+                }
+            }
+            b':' if d == 1 && key_is_aps => {
+                key_is_aps = false;
+                value_from = Some(i + 1);
+            }
+            b',' if d == 1 => {
+                end_value(i, &mut value_from, &mut aps);
+                expect_key = true;
+            }
+            b'{' | b'[' => {
+                d += 1;
+                max = max.max(d);
+                expect_key = d == 1;
+            }
+            b'}' | b']' => {
+                if d == 1 {
+                    end_value(i, &mut value_from, &mut aps);
+                }
+                d = d.saturating_sub(1);
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    PayloadScan {
+        depth: max,
+        aps: if unsure { ApsAt::Unsure } else { aps },
+    }
+}
+
+/// Does the payload's `aps` have the types Apple documents? Parses only `aps` when the
+/// scan found it; the whole payload when the scan could not tell.
+fn aps_ok(raw: &str, at: ApsAt) -> bool {
+    match at {
+        ApsAt::Absent => true,
+        ApsAt::At(from, to) => serde_json::from_str::<Option<Aps>>(&raw[from..to]).is_ok(),
+        ApsAt::Unsure => serde_json::from_str::<PayloadCheck>(raw).is_ok(),
+    }
+}
+
+/// The typed part of a payload: `aps`. Keys outside `aps` are the app's own.
+///
+/// The check types below keep nothing: strings, lists and dictionaries are checked
+/// for their JSON type and dropped, so checking a payload allocates nothing.
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct PayloadCheck {
+    #[serde(default)]
+    aps: Option<Aps>,
+}
+
+/// Apple's `aps` dictionary. Unknown keys inside `aps` are allowed: Apple adds keys,
+/// and refusing them would break producers that use a new one before we know it.
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[allow(dead_code)]
+struct Aps {
+    alert: Option<StrOrDict<AlertDict>>,
+    badge: Option<u32>,
+    sound: Option<StrOrDict<CriticalSound>>,
+    thread_id: Option<Str>,
+    category: Option<Str>,
+    content_available: Option<OneFlag>,
+    mutable_content: Option<OneFlag>,
+    interruption_level: Option<InterruptionLevel>,
+    relevance_score: Option<UnitInterval>,
+    filter_criteria: Option<Str>,
+    target_content_id: Option<Str>,
+    timestamp: Option<u64>,
+    event: Option<LiveActivityEvent>,
+    content_state: Option<Dict>,
+    stale_date: Option<u64>,
+    dismissal_date: Option<u64>,
+    attributes_type: Option<Str>,
+    attributes: Option<Dict>,
+}
+
+/// A JSON string, checked and dropped.
+struct Str;
+
+impl<'de> Deserialize<'de> for Str {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Str, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Str;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Str, E> {
+                Ok(Str)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A JSON object of any content, checked and dropped.
+struct Dict;
+
+impl<'de> Deserialize<'de> for Dict {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Dict, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Dict;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Dict, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(Dict)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// `alert` and `sound`: a string, or a dictionary of `T`'s keys.
+#[allow(dead_code)]
+enum StrOrDict<T> {
+    Str,
+    Dict(T),
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for StrOrDict<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StrOrDict<T>, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = StrOrDict<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string or a dictionary")
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<StrOrDict<T>, E> {
+                Ok(StrOrDict::Str)
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<StrOrDict<T>, A::Error> {
+                T::deserialize(de::value::MapAccessDeserializer::new(map)).map(StrOrDict::Dict)
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[allow(dead_code)]
+struct AlertDict {
+    title: Option<Str>,
+    subtitle: Option<Str>,
+    body: Option<Str>,
+    launch_image: Option<Str>,
+    title_loc_key: Option<Str>,
+    title_loc_args: Option<Vec<Str>>,
+    subtitle_loc_key: Option<Str>,
+    subtitle_loc_args: Option<Vec<Str>>,
+    loc_key: Option<Str>,
+    loc_args: Option<Vec<Str>>,
+}
+
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct CriticalSound {
+    critical: Option<OneFlag>,
+    name: Option<Str>,
+    volume: Option<UnitInterval>,
+}
+
+/// `content-available`, `mutable-content` and `critical` take the number 1.
+#[derive(Deserialize)]
+#[serde(try_from = "i64")]
+struct OneFlag;
+
+impl TryFrom<i64> for OneFlag {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        if v == 1 || v == 0 {
+            Ok(OneFlag)
+        } else {
+            Err(format!("must be 1 (or 0), not {v}"))
+        }
+    }
+}
+
+/// `relevance-score` and a critical sound's `volume`: a number from 0 to 1.
+#[derive(Deserialize)]
+#[serde(try_from = "f64")]
+struct UnitInterval;
+
+impl TryFrom<f64> for UnitInterval {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&v) {
+            Ok(UnitInterval)
+        } else {
+            Err(format!("must be from 0 to 1, not {v}"))
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum InterruptionLevel {
+    Passive,
+    Active,
+    TimeSensitive,
+    Critical,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LiveActivityEvent {
+    Start,
+    Update,
+    End,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The byte-by-byte depth scan the memchr one replaced: the reference.
+    fn depth_bytewise(json: &str) -> usize {
+        let (mut d, mut max, mut in_str, mut esc) = (0usize, 0usize, false, false);
+        for b in json.bytes() {
+            if in_str {
+                match (esc, b) {
+                    (true, _) => esc = false,
+                    (false, b'\\') => esc = true,
+                    (false, b'"') => in_str = false,
+                    _ => {}
+                }
+                continue;
+            }
+            match b {
+                b'"' => in_str = true,
+                b'{' | b'[' => {
+                    d += 1;
+                    max = max.max(d);
+                }
+                b'}' | b']' => d = d.saturating_sub(1),
+                _ => {}
+            }
+        }
+        max
+    }
+
+    #[test]
+    fn depth_counts_brackets_outside_strings_only() {
+        let depth = |s: &str| scan_payload(s).depth;
+        assert_eq!(depth(r#"{"a":[{"b":"[[{{\"}}"}]}"#), 3);
+        assert_eq!(depth(r#"{"a\\":{"b":1}}"#), 2);
+        assert_eq!(depth("{}"), 1);
+    }
+
+    #[test]
+    fn the_scan_finds_the_top_level_aps_value_only() {
+        let at = |s: &str| match scan_payload(s).aps {
+            ApsAt::At(from, to) => Some(s[from..to].to_string()),
+            _ => None,
+        };
+        let j = r#"{"x":"a,}b:\"aps\"", "aps" : {"alert":"hi"} ,"y":[1,{"aps":2}]}"#;
+        assert_eq!(at(j).as_deref(), Some(r#"{"alert":"hi"}"#));
+        assert_eq!(at(r#"{"aps":null}"#).as_deref(), Some("null"));
+        assert_eq!(at(r#"{"z":1,"aps":"x"}"#).as_deref(), Some(r#""x""#));
+        assert_eq!(scan_payload(r#"{"x":{"aps":{}}}"#).aps, ApsAt::Absent);
+        assert_eq!(scan_payload(r#"{"apsx":1,"ap":2}"#).aps, ApsAt::Absent);
+        assert_eq!(
+            scan_payload(r#"{"aps":{},"aps":{}}"#).aps,
+            ApsAt::Unsure,
+            "a duplicate is for serde to refuse"
+        );
+        assert_eq!(
+            scan_payload(r#"{"\u0061ps":{"alert":5}}"#).aps,
+            ApsAt::Unsure,
+            "an escaped key may spell aps"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn depth_agrees_with_the_bytewise_scan(s in r#"[\[\]{}"\\ax]{0,64}"#) {
+            proptest::prop_assert_eq!(scan_payload(&s).depth, depth_bytewise(&s));
+        }
+
+        /// The quick check (only `aps`, found by the scan) accepts exactly what a full
+        /// parse of the payload accepts.
+        #[test]
+        fn the_aps_check_agrees_with_a_full_parse(
+            pairs in proptest::collection::vec((0usize..6, 0usize..16, 0usize..3), 0..5)
+        ) {
+            const KEYS: [&str; 6] = ["aps", r#"\u0061ps"#, "x", "apsx", "pad", r#"a\"ps"#];
+            const VALUES: [&str; 16] = [
+                r#"{"alert":"hi"}"#,
+                r#"{"alert":5}"#,
+                r#"{"badge":1,"sound":{"critical":1,"volume":0.5}}"#,
+                r#"{"sound":{"volume":3}}"#,
+                "null",
+                r#""te,x}t""#,
+                "[1,2]",
+                r#"{"alert":{"title":"t","loc-args":["a","b"]}}"#,
+                r#"{"alert":{"title":7}}"#,
+                r#"{"content-state":{"a":[1,{"b":"}"}]}}"#,
+                r#"{"content-state":5}"#,
+                r#""a\"b,}{""#,
+                r#"{"x":{"aps":{"alert":5}}}"#,
+                r#"{"badge":-1}"#,
+                r#"{ "interruption-level" : "critical" , "relevance-score" : 1 }"#,
+                "17",
+            ];
+            const SPACE: [&str; 3] = ["", " ", "\n\t "];
+            let body: Vec<String> = pairs
+                .iter()
+                .map(|&(k, v, w)| format!("{0}\"{1}\"{0}:{0}{2}{0}", SPACE[w], KEYS[k], VALUES[v]))
+                .collect();
+            let raw = format!("{{{}}}", body.join(","));
+            proptest::prop_assert!(serde_json::from_str::<serde_json::Value>(&raw).is_ok(), "{}", raw);
+            let full = serde_json::from_str::<PayloadCheck>(&raw).is_ok();
+            proptest::prop_assert_eq!(aps_ok(&raw, scan_payload(&raw).aps), full, "{}", raw);
+        }
+    }
+}

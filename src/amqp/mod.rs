@@ -1,0 +1,71 @@
+//! RabbitMQ, the only part of the worker that speaks AMQP (with `worker::acker`, which
+//! sends the acks): connecting, the topology, consuming, and confirmed publishing.
+
+mod consumer;
+mod publisher;
+mod topology;
+
+use std::time::Duration;
+
+use lapin::types::{AMQPValue, LongString};
+use lapin::{Connection, ConnectionProperties};
+
+use crate::config::{BrokerSettings, ConfigError};
+
+pub use consumer::{Consumer, Incoming};
+pub use publisher::{PublishError, Publisher, event_props, job_props};
+pub use topology::{Entity, Topology, declare_topology, delay_queue_name, delete_entities};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("broker URL: {0}")]
+    Url(#[from] ConfigError),
+    #[error("connecting to the broker failed: {0}")]
+    Connect(lapin::Error),
+    #[error("opening a channel failed: {0}")]
+    Channel(lapin::Error),
+    #[error(
+        "declaring {what} {name:?} failed: {source} (if it exists with other arguments, delete it or set queues.declare = false)"
+    )]
+    Declare {
+        what: &'static str,
+        name: String,
+        source: lapin::Error,
+    },
+    #[error("starting the consumer on {queue:?} failed: {source}")]
+    Consume { queue: String, source: lapin::Error },
+    #[error("the broker connection was lost: {0}")]
+    Lost(String),
+}
+
+pub(crate) fn long(v: i64) -> AMQPValue {
+    AMQPValue::LongLongInt(v)
+}
+
+pub(crate) fn text(s: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(s.to_string()))
+}
+
+/// Connect with the replica's name shown in the management UI.
+pub async fn connect(b: &BrokerSettings) -> Result<Connection, AmqpError> {
+    let url = b.effective_url()?;
+    let props =
+        ConnectionProperties::default().with_connection_name(LongString::from(b.connection_name()));
+    Connection::connect(url.expose(), props)
+        .await
+        .map_err(AmqpError::Connect)
+}
+
+/// A header value the worker adds.
+#[derive(Clone, Debug)]
+pub enum HeaderValue {
+    Int(i64),
+    Text(String),
+}
+
+/// Close a connection politely, bounded in time.
+pub async fn close(conn: &Connection) {
+    if conn.status().connected() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
+    }
+}

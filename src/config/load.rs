@@ -1,0 +1,107 @@
+//! Reading the configuration: the TOML file, then the `APNS_WORKER__*` environment
+//! overlay, then the checks.
+
+use std::path::Path;
+
+use super::{Config, ConfigError};
+
+/// The prefix of environment overrides: `APNS_WORKER__APNS__REQUEST_TIMEOUT_MS=5000`.
+pub const ENV_PREFIX: &str = "APNS_WORKER__";
+
+impl Config {
+    /// Parse TOML text (no environment overlay).
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let value: toml::Table = toml::from_str(text).map_err(|e| ConfigError::Toml {
+            path: origin.into(),
+            message: e.to_string(),
+        })?;
+        Config::from_table(value, origin)
+    }
+
+    fn from_table(table: toml::Table, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Toml {
+                path: origin.into(),
+                message: e.to_string(),
+            })?;
+        cfg.check()?;
+        Ok(cfg)
+    }
+
+    /// Read the file (if any), overlay the environment, check.
+    pub fn load(
+        path: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let (mut table, origin) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Read {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                let t: toml::Table = toml::from_str(&text).map_err(|e| ConfigError::Toml {
+                    path: p.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                (t, p.display().to_string())
+            }
+            None => (toml::Table::new(), "<defaults>".to_string()),
+        };
+        overlay_env(&mut table, env)?;
+        Config::from_table(table, &origin)
+    }
+}
+
+/// Apply `APNS_WORKER__A__B=value` as `a.b = value`. Values are read as TOML when they
+/// parse as such (numbers, booleans, arrays), else as strings.
+pub fn overlay_env(
+    table: &mut toml::Table,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<(), ConfigError> {
+    let mut vars: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .collect();
+    vars.sort();
+    for (var, raw) in vars {
+        let path: Vec<String> = var[ENV_PREFIX.len()..]
+            .split("__")
+            .map(|s| s.to_ascii_lowercase())
+            .collect();
+        if path.iter().any(String::is_empty) {
+            return Err(ConfigError::Env {
+                var,
+                message: "empty path segment (use APNS_WORKER__SECTION__KEY)".into(),
+            });
+        }
+        let value = parse_env_value(&raw);
+        let mut node = &mut *table;
+        for seg in &path[..path.len() - 1] {
+            let entry = node
+                .entry(seg.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            node = match entry {
+                toml::Value::Table(t) => t,
+                _ => {
+                    return Err(ConfigError::Env {
+                        var,
+                        message: format!("{seg} is a value, not a section"),
+                    });
+                }
+            };
+        }
+        node.insert(path[path.len() - 1].clone(), value);
+    }
+    Ok(())
+}
+
+fn parse_env_value(raw: &str) -> toml::Value {
+    let probe = format!("v = {raw}");
+    match toml::from_str::<toml::Table>(&probe) {
+        Ok(mut t) => t
+            .remove("v")
+            .unwrap_or_else(|| toml::Value::String(raw.into())),
+        Err(_) => toml::Value::String(raw.into()),
+    }
+}

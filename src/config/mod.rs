@@ -1,0 +1,362 @@
+//! Typed configuration: a TOML file, overlaid by `APNS_WORKER__SECTION__KEY` environment
+//! variables (every setting has one), with documented defaults and checks that say what
+//! to fix. Secrets are named by file path or given inline and never printed.
+//!
+//! `load` reads and overlays, `check` validates, `apps` turns an app's section into
+//! the APNs client's settings.
+
+mod apps;
+mod check;
+mod load;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use apns::secret::{Secret, SecretSource};
+use serde::{Deserialize, Serialize};
+
+pub use apps::{AppConfig, CertificateConfig, KeyConfig};
+pub use load::{ENV_PREFIX, overlay_env};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is not valid TOML: {message}")]
+    Toml { path: String, message: String },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+pub(crate) fn invalid(msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid(msg.into())
+}
+
+/// The whole configuration.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub broker: BrokerSettings,
+    pub queues: QueueSettings,
+    pub retry: RetrySettings,
+    pub worker: WorkerSettings,
+    pub circuit: CircuitSettings,
+    pub admin: AdminSettings,
+    pub apns: ApnsSettings,
+    /// Credentials profiles by name. A job names one with `app`, or the app whose
+    /// `topics` match the job's topic is used.
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+/// The RabbitMQ connection.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerSettings {
+    /// `amqp://user:pass@host:port/vhost` or `amqps://...` (TLS). Holds a password, so
+    /// it is a secret; `url_file` reads it from a mounted secret instead.
+    pub url: Secret<String>,
+    pub url_file: Option<PathBuf>,
+    /// Shown in the management UI; defaults to `apns-worker@<hostname>`.
+    pub connection_name: Option<String>,
+    /// AMQP heartbeat in seconds (0 turns it off, which we refuse).
+    pub heartbeat_secs: u16,
+    /// Unacknowledged deliveries at once (the in-flight window of this replica).
+    pub prefetch: u16,
+    /// Reconnect backoff (exponential with jitter) between these bounds.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        BrokerSettings {
+            url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f".into()),
+            url_file: None,
+            connection_name: None,
+            heartbeat_secs: 30,
+            prefetch: 2000,
+            reconnect_min_ms: 500,
+            reconnect_max_ms: 30_000,
+        }
+    }
+}
+
+impl BrokerSettings {
+    /// The broker URL with the heartbeat applied, from `url_file` when set.
+    pub fn effective_url(&self) -> Result<Secret<String>, ConfigError> {
+        let base = match &self.url_file {
+            Some(f) => {
+                let raw = SecretSource::File(f.clone())
+                    .load()
+                    .map_err(|e| invalid(format!("broker.url_file: {e}")))?;
+                String::from_utf8(raw.expose().clone())
+                    .map_err(|_| invalid("broker.url_file: not UTF-8"))?
+                    .trim()
+                    .to_string()
+            }
+            None => self.url.expose().clone(),
+        };
+        if !(base.starts_with("amqp://") || base.starts_with("amqps://")) {
+            return Err(invalid("broker.url must start with amqp:// or amqps://"));
+        }
+        let sep = if base.contains('?') { '&' } else { '?' };
+        let url = if base.contains("heartbeat=") {
+            base
+        } else {
+            format!("{base}{sep}heartbeat={}", self.heartbeat_secs)
+        };
+        Ok(Secret::new(url))
+    }
+
+    pub fn connection_name(&self) -> String {
+        self.connection_name.clone().unwrap_or_else(|| {
+            let host = std::env::var("HOSTNAME")
+                .ok()
+                .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "unknown-host".into());
+            format!("apns-worker@{host}")
+        })
+    }
+}
+
+/// Queue type of the jobs queue.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    Quorum,
+    Classic,
+}
+
+/// Names and kinds of the topology the worker declares.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct QueueSettings {
+    pub jobs: String,
+    pub jobs_type: QueueType,
+    /// Quorum queues: redeliveries before the broker dead-letters a message that keeps
+    /// crashing workers (the last line of defence).
+    pub delivery_limit: u32,
+    pub dead_letter_exchange: String,
+    pub dead_letter_queue: String,
+    pub cleanup_exchange: String,
+    /// Declared and bound to the cleanup exchange so no event is lost while nobody has
+    /// bound a queue yet. Empty: not declared.
+    pub cleanup_queue: String,
+    /// Delay queues are named `<retry_prefix>.<delay ms>`.
+    pub retry_prefix: String,
+    /// Declare the topology at start (idempotent). Off: it must already exist.
+    pub declare: bool,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        QueueSettings {
+            jobs: "apns.jobs".into(),
+            jobs_type: QueueType::Quorum,
+            delivery_limit: 20,
+            dead_letter_exchange: "apns.dead-letter".into(),
+            dead_letter_queue: "apns.jobs.dead-letter".into(),
+            cleanup_exchange: "apns.token-cleanup".into(),
+            cleanup_queue: "apns.token-cleanup".into(),
+            retry_prefix: "apns.jobs.retry".into(),
+            declare: true,
+        }
+    }
+}
+
+impl QueueSettings {
+    /// Every name prefixed, for tests and the demo that need a private topology.
+    pub fn with_prefix(prefix: &str) -> QueueSettings {
+        let d = QueueSettings::default();
+        QueueSettings {
+            jobs: format!("{prefix}{}", d.jobs),
+            dead_letter_exchange: format!("{prefix}{}", d.dead_letter_exchange),
+            dead_letter_queue: format!("{prefix}{}", d.dead_letter_queue),
+            cleanup_exchange: format!("{prefix}{}", d.cleanup_exchange),
+            cleanup_queue: format!("{prefix}{}", d.cleanup_queue),
+            retry_prefix: format!("{prefix}{}", d.retry_prefix),
+            ..d
+        }
+    }
+}
+
+/// Retries of transient failures, through delay queues in the broker.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetrySettings {
+    /// Sends to APNs per job before it is dead-lettered as RetriesExhausted.
+    pub max_attempts: u32,
+    /// First delay; each later one doubles, up to `max_delay_ms`.
+    pub base_delay_ms: u64,
+    pub max_delay_ms: u64,
+    /// Delay before a job of an app with broken credentials is looked at again.
+    pub park_delay_ms: u64,
+}
+
+impl Default for RetrySettings {
+    fn default() -> Self {
+        RetrySettings {
+            max_attempts: 8,
+            base_delay_ms: 1_000,
+            max_delay_ms: 300_000,
+            park_delay_ms: 60_000,
+        }
+    }
+}
+
+/// How the worker batches and drains.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// Acks are sent with multiple=true once this many are settled in a row...
+    pub ack_batch: usize,
+    /// ...or after this long.
+    pub ack_flush_ms: u64,
+    /// On SIGTERM: time for in-flight jobs to finish before the rest is requeued
+    /// (keep it below Kubernetes' terminationGracePeriodSeconds).
+    pub drain_secs: u64,
+    /// Jobs larger than this are dead-lettered unread.
+    pub max_job_bytes: usize,
+    /// Remember the outcomes of this many recent notifications, so a job redelivered
+    /// after a broker reconnect is settled without being sent twice.
+    pub dedupe_capacity: usize,
+    /// Runtime threads. 1 (default): a single-threaded runtime; one replica uses one
+    /// core and scales out with replicas, which measured 30-40% less CPU per
+    /// notification than the multi-threaded runtime (docs/benchmarks.md): no
+    /// cross-thread wake-ups, no contention on h2's per-connection lock. 0: one thread
+    /// per core. N: N threads.
+    pub threads: usize,
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        WorkerSettings {
+            ack_batch: 256,
+            ack_flush_ms: 10,
+            drain_secs: 25,
+            max_job_bytes: 64 * 1024,
+            dedupe_capacity: 20_000,
+            threads: 1,
+        }
+    }
+}
+
+/// The admin HTTP endpoint (/healthz, /readyz, /metrics).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminSettings {
+    /// Address to listen on; empty: no admin endpoint.
+    pub listen: String,
+}
+
+impl Default for AdminSettings {
+    fn default() -> Self {
+        AdminSettings {
+            listen: "0.0.0.0:9090".into(),
+        }
+    }
+}
+
+impl AdminSettings {
+    pub fn addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+        if self.listen.is_empty() {
+            return Ok(None);
+        }
+        self.listen.parse().map(Some).map_err(|_| {
+            invalid(format!(
+                "admin.listen {:?} is not an address like 0.0.0.0:9090",
+                self.listen
+            ))
+        })
+    }
+}
+
+/// The per-app circuit breaker for broken credentials.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitSettings {
+    /// First pause after credentials fail; doubles while probes keep failing.
+    pub open_ms: u64,
+    pub max_open_ms: u64,
+}
+
+impl Default for CircuitSettings {
+    fn default() -> Self {
+        CircuitSettings {
+            open_ms: 10_000,
+            max_open_ms: 300_000,
+        }
+    }
+}
+
+/// Settings shared by every app's connections.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApnsSettings {
+    /// Time for one request on one stream, from sending to the whole answer.
+    pub request_timeout_ms: u64,
+    /// Time in which a notification's attempts may start: waiting for a stream, resends,
+    /// refresh. A notification takes at most this plus `request_timeout_ms`.
+    pub send_timeout_ms: u64,
+    /// Resends of a request APNs certainly did not process (refused stream, GOAWAY).
+    pub max_resends: u32,
+    pub connect_timeout_ms: u64,
+    /// PING a connection after this long without an answer on it.
+    pub ping_interval_secs: u64,
+    pub ping_timeout_secs: u64,
+    /// Reconnect backoff (exponential with jitter) between these bounds.
+    pub reconnect_min_ms: u64,
+    pub reconnect_max_ms: u64,
+    /// Provider token lifetime before replacement (Apple: 20 to 60 minutes).
+    pub token_refresh_secs: u64,
+}
+
+impl Default for ApnsSettings {
+    fn default() -> Self {
+        ApnsSettings {
+            request_timeout_ms: 10_000,
+            send_timeout_ms: 30_000,
+            max_resends: 10,
+            connect_timeout_ms: 10_000,
+            ping_interval_secs: 60,
+            ping_timeout_secs: 10,
+            reconnect_min_ms: 1_000,
+            reconnect_max_ms: 60_000,
+            token_refresh_secs: 50 * 60,
+        }
+    }
+}
+
+impl ApnsSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.send_timeout_ms)
+    }
+    /// The APNs client's settings (checked by `Config::check`).
+    pub fn client_settings(&self) -> apns::ClientSettings {
+        apns::ClientSettings {
+            request_timeout: self.request_timeout(),
+            send_timeout: self.send_timeout(),
+            max_resends: self.max_resends,
+            connect_timeout: Duration::from_millis(self.connect_timeout_ms),
+            ping_interval: Duration::from_secs(self.ping_interval_secs),
+            ping_timeout: Duration::from_secs(self.ping_timeout_secs),
+            reconnect_min: Duration::from_millis(self.reconnect_min_ms),
+            reconnect_max: Duration::from_millis(self.reconnect_max_ms),
+            token_refresh: Duration::from_secs(self.token_refresh_secs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

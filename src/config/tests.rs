@@ -1,0 +1,149 @@
+//! Parse tests of the configuration: defaults, the environment overlay, and every
+//! mistake reported with what to fix.
+
+use super::*;
+use apns::Endpoint;
+
+const FULL: &str = r#"
+[apns]
+request_timeout_ms = 5000
+send_timeout_ms = 20000
+
+[apps.shop]
+endpoint = "sandbox"
+topics = ["com.example.shop"]
+team_id = "TEAM123456"
+connections = 3
+[[apps.shop.keys]]
+key_id = "KEY1234567"
+key_file = "/secrets/AuthKey_KEY1234567.p8"
+
+[apps.bank]
+endpoint = "https://127.0.0.1:8443"
+topics = ["com.example.bank"]
+ca_file = "/tmp/mock-ca.pem"
+[apps.bank.certificate]
+pkcs12_file = "/secrets/bank.p12"
+password = "hunter2"
+"#;
+
+#[test]
+fn parses_a_full_file_with_defaults_filled_in() {
+    let c = Config::from_toml(FULL, "test").unwrap();
+    assert_eq!(c.apns.request_timeout_ms, 5000);
+    assert_eq!(c.queues.jobs, "apns.jobs");
+    assert_eq!(c.queues.jobs_type, QueueType::Quorum);
+    assert_eq!(c.broker.prefetch, 2000);
+    assert_eq!(c.apns.ping_interval_secs, 60, "default");
+    let shop = &c.apps["shop"];
+    assert_eq!(shop.endpoint, Endpoint::sandbox());
+    assert_eq!(shop.connections, 3);
+    assert_eq!(shop.max_streams_per_connection, 1000);
+    assert_eq!(shop.default_topic(), Some("com.example.shop"));
+    assert!(
+        matches!(shop.auth("shop").unwrap(), apns::Auth::Token { ref keys, .. } if keys.len() == 1)
+    );
+    assert!(matches!(
+        c.apps["bank"].auth("bank").unwrap(),
+        apns::Auth::Certificate(apns::IdentitySource::Pkcs12 { .. })
+    ));
+}
+
+#[test]
+fn defaults_are_documented_values() {
+    let d = ApnsSettings::default();
+    assert_eq!(d.token_refresh_secs, 3000);
+    assert_eq!((d.ping_interval_secs, d.ping_timeout_secs), (60, 10));
+    assert!(Config::default().check().is_ok());
+}
+
+#[test]
+fn environment_overrides_every_setting() {
+    let env = vec![
+        (
+            "APNS_WORKER__APNS__REQUEST_TIMEOUT_MS".to_string(),
+            "2500".to_string(),
+        ),
+        (
+            "APNS_WORKER__APPS__SHOP__CONNECTIONS".to_string(),
+            "5".to_string(),
+        ),
+        (
+            "APNS_WORKER__APPS__SHOP__TOPICS".to_string(),
+            r#"["com.x.y"]"#.to_string(),
+        ),
+        (
+            "APNS_WORKER__APPS__SHOP__TEAM_ID".to_string(),
+            "TEAM999999".to_string(),
+        ),
+        ("UNRELATED".to_string(), "1".to_string()),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, FULL).unwrap();
+    let c = Config::load(Some(&path), env).unwrap();
+    assert_eq!(c.apns.request_timeout_ms, 2500);
+    assert_eq!(c.apps["shop"].connections, 5);
+    assert_eq!(c.apps["shop"].topics, vec!["com.x.y".to_string()]);
+    assert_eq!(c.apps["shop"].team_id.as_deref(), Some("TEAM999999"));
+}
+
+#[test]
+fn mistakes_are_reported_with_what_to_fix() {
+    let rows: &[(&str, &str)] = &[
+        ("[apns]\nrequest_timeoutms = 1", "unknown field"),
+        (
+            "[apns]\ntoken_refresh_secs = 4000",
+            "apns.token_refresh_secs",
+        ),
+        ("[apns]\nsend_timeout_ms = 0", "send_timeout_ms"),
+        ("[apns]\nreconnect_min_ms = 0", "tight reconnect"),
+        ("[broker]\nurl = \"http://x\"", "amqp://"),
+        ("[broker]\nheartbeat_secs = 0", "heartbeat"),
+        ("[retry]\nmax_attempts = 0", "max_attempts"),
+        ("[queues]\njobs_type = \"stream\"", "unknown variant"),
+        ("[apps.a]\nendpoint = \"prod\"", "production"),
+        ("[apps.a]\nendpoint = \"sandbox\"", "no credentials"),
+        (
+            "[apps.a]\nendpoint = \"sandbox\"\n[[apps.a.keys]]\nkey_id = \"K\"\nkey_file = \"/k\"",
+            "team id",
+        ),
+        (
+            "[apps.a]\nendpoint = \"sandbox\"\nteam_id = \"T\"\n[[apps.a.keys]]\nkey_id = \"K\"",
+            "key_file",
+        ),
+        (
+            "[apps.a]\nendpoint = \"sandbox\"\n[apps.a.certificate]\ncert_file = \"/c\"",
+            "pkcs12_file",
+        ),
+        (
+            "[apps.a]\nendpoint = \"sandbox\"\nconnections = 0\n[apps.a.certificate]\npkcs12_file = \"/c\"",
+            "connections",
+        ),
+    ];
+    for (text, want) in rows {
+        let e = Config::from_toml(text, "t").unwrap_err().to_string();
+        assert!(e.contains(want), "{text:?}: {e:?} lacks {want:?}");
+    }
+}
+
+#[test]
+fn broker_url_gets_a_heartbeat_and_stays_secret() {
+    let c = Config::from_toml(
+        "[broker]\nurl = \"amqp://u:pw@h:5672/%2f\"\nheartbeat_secs = 15",
+        "t",
+    )
+    .unwrap();
+    assert_eq!(
+        c.broker.effective_url().unwrap().expose(),
+        "amqp://u:pw@h:5672/%2f?heartbeat=15"
+    );
+    assert!(!format!("{:?}", c.broker).contains("pw"));
+}
+
+#[test]
+fn secrets_never_print() {
+    let c = Config::from_toml(FULL, "t").unwrap();
+    let shown = format!("{c:?} {}", toml::to_string(&c).unwrap());
+    assert!(!shown.contains("hunter2"), "{shown}");
+}

@@ -1,0 +1,403 @@
+//! Settlement: the pure decision of what happens to an AMQP message, from the outcome
+//! of its notification and its attempt count. The table (issue #3):
+//!
+//! | outcome | settlement |
+//! |---|---|
+//! | Delivered | ack |
+//! | TokenDead | publish a cleanup event (confirmed), then ack |
+//! | Rejected (the message is wrong) | dead-letter with APNs' reason |
+//! | RetryLater, attempts left | publish to a delay queue (confirmed), then ack |
+//! | RetryLater, none left | dead-letter as `RetriesExhausted` with the last reason |
+//! | CredentialsBroken | park: back to a delay queue, not an attempt; the app pauses |
+//! | invalid job | dead-letter as `InvalidJob` with the exact problem |
+//! | expired before sending | ack, counted as expired |
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use apns::classify::{Outcome, RetryCause, reason_label};
+
+use crate::config::RetrySettings;
+
+/// What to do with one message. Carried out in exactly one place (`worker::execute`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settlement {
+    Ack(AckKind),
+    /// Publish this event to the cleanup exchange, wait for the confirm, then ack.
+    Cleanup(CleanupEvent),
+    /// Publish the original message to the dead-letter exchange, then ack.
+    DeadLetter(DeadLetter),
+    /// Publish the original to a delay queue with `x-attempts = attempt`, then ack.
+    Retry {
+        attempt: u32,
+        delay: DelayQueue,
+        reason: String,
+    },
+    /// The app's credentials are broken: back to a delay queue without counting an attempt.
+    Park {
+        delay: DelayQueue,
+        reason: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckKind {
+    Delivered,
+    Expired,
+    /// A redelivered job this process already settled (its ack was lost with a
+    /// connection): acked again, nothing sent or published twice.
+    AlreadySettled,
+}
+
+/// The dead letter's headers (the body and properties are the original's).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// `x-apns-status`, when APNs answered.
+    pub status: Option<u16>,
+    /// `x-apns-reason`: APNs' reason or ours (`InvalidJob`, `RetriesExhausted`).
+    pub reason: String,
+    /// `x-error`: one sentence.
+    pub error: String,
+    /// `x-attempts`: sends to APNs so far.
+    pub attempts: u32,
+}
+
+/// The token cleanup event (`schemas/token-cleanup-event.schema.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CleanupEvent {
+    pub device_token: String,
+    pub topic: String,
+    pub app: String,
+    pub reason: String,
+    pub status: u16,
+    /// When APNs says the token became invalid (RFC 3339), for 410 answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unregistered_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apns_id: Option<String>,
+    /// When the worker saw the answer (RFC 3339).
+    pub observed_at: String,
+}
+
+/// Where a delayed message waits: the delay queue of `level_ms`, and its own TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DelayQueue {
+    pub level_ms: u64,
+    /// Per-message expiration, at most `level_ms` (jitter spreads a burst of retries).
+    pub ttl_ms: u64,
+}
+
+/// The delay levels: base, 2·base, 4·base, ... up to max (max always included).
+pub fn delay_levels(r: &RetrySettings) -> Vec<u64> {
+    let mut levels = Vec::new();
+    let mut d = r.base_delay_ms;
+    while d < r.max_delay_ms {
+        levels.push(d);
+        d = d.saturating_mul(2);
+    }
+    levels.push(r.max_delay_ms);
+    if !levels.contains(&r.park_delay_ms) {
+        levels.push(r.park_delay_ms);
+    }
+    levels.sort_unstable();
+    levels.dedup();
+    levels
+}
+
+/// Delay before attempt `attempt + 1`, after `attempt` sends (1-based): exponential,
+/// capped, with up to 25% jitter taken off.
+pub fn retry_delay(r: &RetrySettings, attempt: u32, rng: &mut fastrand::Rng) -> DelayQueue {
+    let exp = attempt.saturating_sub(1).min(40);
+    let level_ms = r
+        .base_delay_ms
+        .saturating_mul(1u64 << exp)
+        .min(r.max_delay_ms);
+    // Snap to an existing level (the levels are the same doubling series).
+    let level_ms = delay_levels(r)
+        .into_iter()
+        .find(|l| *l >= level_ms)
+        .unwrap_or(r.max_delay_ms);
+    with_jitter(level_ms, rng)
+}
+
+fn with_jitter(level_ms: u64, rng: &mut fastrand::Rng) -> DelayQueue {
+    let jitter = (level_ms / 4).max(1);
+    DelayQueue {
+        level_ms,
+        ttl_ms: level_ms - rng.u64(0..jitter),
+    }
+}
+
+/// Everything `decide` needs besides the outcome.
+#[derive(Clone, Debug)]
+pub struct Context<'a> {
+    pub retry: &'a RetrySettings,
+    /// Sends to APNs before this one (the message's `x-attempts`).
+    pub attempts_before: u32,
+    pub device_token: &'a str,
+    pub topic: &'a str,
+    pub app: &'a str,
+    pub job_id: Option<&'a str>,
+    pub apns_id: Option<String>,
+    pub observed_at: std::time::SystemTime,
+}
+
+/// The one decision from an outcome to a settlement.
+pub fn decide(outcome: &Outcome, ctx: &Context<'_>, rng: &mut fastrand::Rng) -> Settlement {
+    let attempts = ctx.attempts_before + 1;
+    match outcome {
+        Outcome::Delivered => Settlement::Ack(AckKind::Delivered),
+        Outcome::TokenDead {
+            status,
+            reason,
+            unregistered_at,
+        } => Settlement::Cleanup(CleanupEvent {
+            device_token: ctx.device_token.to_string(),
+            topic: ctx.topic.to_string(),
+            app: ctx.app.to_string(),
+            reason: reason.to_string(),
+            status: *status,
+            unregistered_at: unregistered_at.map(rfc3339_ms),
+            job_id: ctx.job_id.map(str::to_owned),
+            apns_id: ctx.apns_id.clone(),
+            observed_at: humantime::format_rfc3339_millis(ctx.observed_at).to_string(),
+        }),
+        Outcome::Rejected { status, reason } => {
+            let label = reason_label(*status, reason.as_ref());
+            Settlement::DeadLetter(DeadLetter {
+                status: (*status != 0).then_some(*status),
+                error: format!(
+                    "APNs rejected the notification with {status} {label}; sending it again cannot succeed"
+                ),
+                reason: label,
+                attempts,
+            })
+        }
+        Outcome::RetryLater(cause) => {
+            if attempts >= ctx.retry.max_attempts {
+                let status = match cause {
+                    RetryCause::Status { status, .. } => Some(*status),
+                    _ => None,
+                };
+                Settlement::DeadLetter(DeadLetter {
+                    status,
+                    reason: "RetriesExhausted".into(),
+                    error: format!(
+                        "gave up after {attempts} attempts; the last one ended with {}",
+                        describe(cause)
+                    ),
+                    attempts,
+                })
+            } else {
+                Settlement::Retry {
+                    attempt: attempts,
+                    delay: retry_delay(ctx.retry, attempts, rng),
+                    reason: cause.label(),
+                }
+            }
+        }
+        Outcome::CredentialsBroken { status, reason } => Settlement::Park {
+            delay: with_jitter(ctx.retry.park_delay_ms, rng),
+            reason: reason_label(*status, reason.as_ref()),
+        },
+        // The client refreshes and resends itself; reaching here means it could not.
+        Outcome::RefreshToken => Settlement::Park {
+            delay: with_jitter(ctx.retry.park_delay_ms, rng),
+            reason: "ExpiredProviderToken".into(),
+        },
+    }
+}
+
+fn describe(cause: &RetryCause) -> String {
+    match cause {
+        RetryCause::Status {
+            status,
+            reason: Some(r),
+        } => format!("HTTP {status} {r}"),
+        RetryCause::Status {
+            status,
+            reason: None,
+        } => format!("HTTP {status}"),
+        RetryCause::NotSent(m) => format!("not sent ({m})"),
+        RetryCause::Unknown(m) => format!("no answer ({m})"),
+    }
+}
+
+/// The dead letter of a job that cannot be decoded or validated.
+pub fn invalid_job(error: &str, attempts_before: u32) -> Settlement {
+    Settlement::DeadLetter(DeadLetter {
+        status: None,
+        reason: "InvalidJob".into(),
+        error: error.to_string(),
+        attempts: attempts_before,
+    })
+}
+
+/// RFC 3339 with milliseconds, from milliseconds since the epoch.
+pub fn rfc3339_ms(ms: u64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use apns::Reason;
+
+    fn ctx(retry: &RetrySettings, attempts_before: u32) -> Context<'_> {
+        Context {
+            retry,
+            attempts_before,
+            device_token: "ab",
+            topic: "com.x",
+            app: "shop",
+            job_id: Some("j1"),
+            apns_id: Some("id".into()),
+            observed_at: std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+        }
+    }
+
+    #[test]
+    fn the_settlement_table() {
+        let r = RetrySettings::default();
+        let mut rng = fastrand::Rng::with_seed(3);
+        let c = ctx(&r, 0);
+        assert_eq!(
+            decide(&Outcome::Delivered, &c, &mut rng),
+            Settlement::Ack(AckKind::Delivered)
+        );
+
+        let dead = Outcome::TokenDead {
+            status: 410,
+            reason: Reason::Unregistered,
+            unregistered_at: Some(1_700_000_000_000),
+        };
+        let Settlement::Cleanup(ev) = decide(&dead, &c, &mut rng) else {
+            panic!()
+        };
+        assert_eq!(
+            ev.unregistered_at.as_deref(),
+            Some("2023-11-14T22:13:20.000Z")
+        );
+        assert_eq!(ev.observed_at, "2023-11-14T22:13:20.000Z");
+        assert_eq!(
+            (ev.reason.as_str(), ev.status, ev.app.as_str()),
+            ("Unregistered", 410, "shop")
+        );
+
+        let bad = Outcome::Rejected {
+            status: 400,
+            reason: Some(Reason::BadTopic),
+        };
+        let Settlement::DeadLetter(dl) = decide(&bad, &c, &mut rng) else {
+            panic!()
+        };
+        assert_eq!(
+            (dl.status, dl.reason.as_str(), dl.attempts),
+            (Some(400), "BadTopic", 1)
+        );
+
+        let retry = Outcome::RetryLater(RetryCause::Status {
+            status: 503,
+            reason: Some(Reason::ServiceUnavailable),
+        });
+        let Settlement::Retry {
+            attempt,
+            delay,
+            reason,
+        } = decide(&retry, &c, &mut rng)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (attempt, delay.level_ms, reason.as_str()),
+            (1, 1000, "ServiceUnavailable")
+        );
+        assert!(delay.ttl_ms <= 1000 && delay.ttl_ms > 750);
+
+        let creds = Outcome::CredentialsBroken {
+            status: 403,
+            reason: Some(Reason::InvalidProviderToken),
+        };
+        let Settlement::Park { delay, reason } = decide(&creds, &c, &mut rng) else {
+            panic!()
+        };
+        assert_eq!(
+            (delay.level_ms, reason.as_str()),
+            (60_000, "InvalidProviderToken")
+        );
+    }
+
+    #[test]
+    fn retries_are_bounded_then_dead_lettered_with_the_last_reason() {
+        let r = RetrySettings {
+            max_attempts: 3,
+            ..RetrySettings::default()
+        };
+        let mut rng = fastrand::Rng::with_seed(3);
+        let out = Outcome::RetryLater(RetryCause::Unknown("timeout".into()));
+        assert!(matches!(
+            decide(&out, &ctx(&r, 0), &mut rng),
+            Settlement::Retry { attempt: 1, .. }
+        ));
+        assert!(matches!(
+            decide(&out, &ctx(&r, 1), &mut rng),
+            Settlement::Retry { attempt: 2, .. }
+        ));
+        let Settlement::DeadLetter(dl) = decide(&out, &ctx(&r, 2), &mut rng) else {
+            panic!()
+        };
+        assert_eq!(
+            (dl.reason.as_str(), dl.attempts, dl.status),
+            ("RetriesExhausted", 3, None)
+        );
+        assert!(dl.error.contains("no answer (timeout)"), "{}", dl.error);
+        let out = Outcome::RetryLater(RetryCause::Status {
+            status: 429,
+            reason: Some(Reason::TooManyRequests),
+        });
+        let Settlement::DeadLetter(dl) = decide(&out, &ctx(&r, 2), &mut rng) else {
+            panic!()
+        };
+        assert_eq!(dl.status, Some(429));
+        assert!(dl.error.contains("429 TooManyRequests"));
+    }
+
+    #[test]
+    fn delays_double_up_to_the_cap_on_existing_levels() {
+        let r = RetrySettings {
+            base_delay_ms: 1000,
+            max_delay_ms: 10_000,
+            park_delay_ms: 60_000,
+            max_attempts: 20,
+        };
+        assert_eq!(
+            delay_levels(&r),
+            vec![1000, 2000, 4000, 8000, 10_000, 60_000]
+        );
+        let mut rng = fastrand::Rng::with_seed(1);
+        let got: Vec<u64> = (1..=6)
+            .map(|a| retry_delay(&r, a, &mut rng).level_ms)
+            .collect();
+        assert_eq!(got, vec![1000, 2000, 4000, 8000, 10_000, 10_000]);
+        for _ in 0..1000 {
+            let d = retry_delay(&r, 2, &mut rng);
+            assert!(d.ttl_ms <= 2000 && d.ttl_ms > 1500);
+        }
+    }
+
+    #[test]
+    fn invalid_jobs_carry_the_exact_problem() {
+        let Settlement::DeadLetter(dl) = invalid_job("missing field `payload`", 0) else {
+            panic!()
+        };
+        assert_eq!(
+            (dl.reason.as_str(), dl.error.as_str(), dl.status),
+            ("InvalidJob", "missing field `payload`", None)
+        );
+    }
+}

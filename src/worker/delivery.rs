@@ -1,0 +1,269 @@
+//! One delivery, from bytes to its settlement: decode; expiry; the memory of recent
+//! outcomes; the app's circuit; the send; the decision (`settle::decide`). Then
+//! `execute` carries it out and the observer reports it. One task per delivery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Instant, SystemTime};
+
+use apns::SendError;
+use apns::classify::{Outcome, RetryCause};
+
+use super::acker::Guard;
+use super::circuit::Gate;
+use super::execute::{self, Session, Settling};
+use super::observe::{Report, Sent};
+use super::recent::Key;
+use super::state::Worker;
+use crate::amqp::Incoming;
+use crate::job::{self, Envelope, Job};
+use crate::obs::SendStatus;
+use crate::settle::{self, AckKind, Settlement};
+
+/// Counts a delivery as in flight for as long as its task lives.
+struct InFlight<'a>(&'a AtomicUsize);
+
+impl<'a> InFlight<'a> {
+    fn new(c: &'a AtomicUsize) -> Self {
+        c.fetch_add(1, Ordering::Relaxed);
+        InFlight(c)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// What was decided for one decoded job, and the send behind it, if any.
+struct Decision {
+    settlement: Settlement,
+    sent: Option<Sent>,
+    remembered: bool,
+}
+
+impl Decision {
+    fn unsent(settlement: Settlement) -> Decision {
+        Decision {
+            settlement,
+            sent: None,
+            remembered: false,
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// One delivery, from bytes to settlement; inside a job span when traces are exported.
+///
+/// The job's state machine is boxed: the spawned task then holds a pointer, and the
+/// task's own moves (spawn, completion) copy a few bytes instead of the whole state.
+pub async fn process(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guard) {
+    if crate::obs::telemetry::job_spans() {
+        let span = job_span(&w, &inc);
+        tracing::Instrument::instrument(Box::pin(process_job(w, s, inc, guard)), span).await
+    } else {
+        Box::pin(process_job(w, s, inc, guard)).await
+    }
+}
+
+/// The job's span, a child of the producer's `traceparent`, with OpenTelemetry's
+/// messaging attributes; the APNs result is recorded on it by the observer.
+fn job_span(w: &Worker, inc: &Incoming) -> tracing::Span {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    let queue = &w.cfg.queues.jobs;
+    let span = tracing::info_span!(
+        "process job",
+        otel.name = %format!("{queue} process"),
+        otel.kind = "consumer",
+        messaging.system = "rabbitmq",
+        messaging.destination.name = %queue,
+        messaging.operation.type = "process",
+        messaging.message.id = inc.message_id().unwrap_or(""),
+        messaging.rabbitmq.message.delivery_tag = inc.tag,
+        trace_id = tracing::field::Empty,
+        apns.app = tracing::field::Empty,
+        apns.id = tracing::field::Empty,
+        apns.attempt = tracing::field::Empty,
+        apns.status = tracing::field::Empty,
+        apns.reason = tracing::field::Empty,
+        apns.outcome = tracing::field::Empty,
+    );
+    let headers = crate::obs::telemetry::HeaderExtractor(inc.text_headers());
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&headers));
+    let _ = span.set_parent(parent);
+    let trace_id = span.context().span().span_context().trace_id().to_string();
+    span.record("trace_id", trace_id.as_str());
+    span
+}
+
+async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guard) {
+    let _in_flight = InFlight::new(&w.health.in_flight);
+    let attempts_before = inc.header_u32("x-attempts").unwrap_or(0);
+    let hop = inc.header_u32("x-apns-hop").unwrap_or(0);
+    let env = Envelope {
+        content_type: inc.content_type(),
+        message_id: inc.message_id(),
+        apns_id_header: inc.header_str("x-apns-id"),
+    };
+    let decoded = job::decode(&inc.body, &env, &w.apps, w.cfg.worker.max_job_bytes);
+    let decision = match &decoded {
+        Err(e) => Decision::unsent(settle::invalid_job(&e.to_string(), attempts_before)),
+        Ok(job) => decide(&w, &inc, job, attempts_before, hop).await,
+    };
+    let job = decoded.as_ref().ok();
+    let key = job
+        .and_then(Job::apns_id)
+        .map(|apns_id| Key { apns_id, hop });
+    let settling = Settling {
+        inc: &inc,
+        key,
+        stamp_apns_id: job.is_some_and(|j| j.job_id.is_none()),
+    };
+    let carried_out = execute::carry_out(
+        &s,
+        &w.cfg.queues,
+        &w.recent,
+        &settling,
+        &decision.settlement,
+        guard,
+    )
+    .await;
+    w.observer.delivery(&Report {
+        app: job
+            .map(|j| j.app.as_str())
+            .or_else(|| w.apps.app_hint(&inc.body)),
+        apns_id: key.map(|k| k.apns_id),
+        device_token: job.map(|j| j.notification.device_token()),
+        attempts_before,
+        message_id: inc.message_id(),
+        trace_id: inc.trace_id(),
+        published_at_ms: published_at_ms(&inc),
+        remembered: decision.remembered,
+        sent: decision.sent.as_ref(),
+        settlement: &decision.settlement,
+        carried_out: &carried_out,
+    });
+}
+
+/// When the job was published, in ms since the epoch: the producer's
+/// `x-published-at-ms` header, else the AMQP timestamp (whole seconds).
+fn published_at_ms(inc: &Incoming) -> Option<u64> {
+    inc.header_u64("x-published-at-ms")
+        .or_else(|| inc.timestamp().map(|s| s * 1000))
+}
+
+async fn decide(w: &Worker, inc: &Incoming, job: &Job, attempts_before: u32, hop: u32) -> Decision {
+    if job.expired(now_secs()) {
+        return Decision::unsent(Settlement::Ack(AckKind::Expired));
+    }
+    let apns_id = job.apns_id().expect("decode always sets an apns-id");
+    let key = Key { apns_id, hop };
+    let n = &job.notification;
+    let mut rng = fastrand::Rng::new();
+    let ctx = || settle::Context {
+        retry: &w.cfg.retry,
+        attempts_before,
+        device_token: n.device_token(),
+        topic: n.topic(),
+        app: &job.app,
+        job_id: job.job_id.as_deref(),
+        apns_id: Some(apns_id.to_string()),
+        observed_at: SystemTime::now(),
+    };
+    // A redelivery, or a worker-made copy (hop > 0) of which a twin may exist after a
+    // publish whose confirm was lost: if this message's answer is known, use it.
+    if inc.redelivered || hop > 0 {
+        if let Some(entry) = w.recent.get(&key) {
+            // Settled already (the ack was lost): ack again. Not yet (a publish
+            // failed): carry out the same settlement again.
+            let settlement = if entry.settled {
+                Settlement::Ack(AckKind::AlreadySettled)
+            } else {
+                settle::decide(&entry.outcome, &ctx(), &mut rng)
+            };
+            return Decision {
+                settlement,
+                sent: None,
+                remembered: true,
+            };
+        }
+    }
+    let park = |rng: &mut fastrand::Rng| {
+        let parked = Outcome::CredentialsBroken {
+            status: 0,
+            reason: None,
+        };
+        Decision::unsent(settle::decide(&parked, &ctx(), rng))
+    };
+    let gate = match w.circuits.of(&job.app) {
+        Some(mut c) => c.gate(Instant::now()),
+        None => Gate::Send,
+    };
+    if gate == Gate::Park {
+        return park(&mut rng);
+    }
+    let started = Instant::now();
+    // Asked again when a stream is granted: jobs that passed the gate before the app's
+    // credentials were found broken, and still wait for a stream, are parked unsent.
+    let proceed = || gate == Gate::Probe || w.circuits.of(&job.app).is_none_or(|c| c.is_closed());
+    let sent = w.client.send_checked(&job.app, n, proceed).await;
+    if let Err(SendError::Withdrawn) = sent {
+        return park(&mut rng);
+    }
+    let outcome = match &sent {
+        Ok(d) => d.outcome.clone(),
+        Err(e) => e.outcome(),
+    };
+    let status = match (&sent, &outcome) {
+        (Ok(d), _) => SendStatus::Http(d.response.status),
+        (Err(_), Outcome::RetryLater(RetryCause::NotSent(_))) => SendStatus::NotSent,
+        (Err(_), _) => SendStatus::Unknown,
+    };
+    let secs = started.elapsed().as_secs_f64();
+    if let Some(mut c) = w.circuits.of(&job.app) {
+        match &outcome {
+            Outcome::CredentialsBroken { status, reason } => {
+                let was_closed = c.is_closed();
+                c.credentials_broken(Instant::now());
+                if was_closed {
+                    w.observer.app_paused(&job.app, *status, reason.as_ref());
+                }
+            }
+            Outcome::RefreshToken => {
+                let was_closed = c.is_closed();
+                c.credentials_broken(Instant::now());
+                if was_closed {
+                    w.observer
+                        .app_paused(&job.app, 403, Some(&apns::Reason::ExpiredProviderToken));
+                }
+            }
+            Outcome::RetryLater(RetryCause::NotSent(_) | RetryCause::Unknown(_)) => {
+                if gate == Gate::Probe {
+                    c.probe_inconclusive(Instant::now());
+                }
+            }
+            _ => c.credentials_ok(),
+        }
+    }
+    w.recent.insert(key, outcome.clone());
+    let settlement = settle::decide(&outcome, &ctx(), &mut rng);
+    Decision {
+        settlement,
+        sent: Some(Sent {
+            status,
+            secs,
+            reason: sent.as_ref().ok().and_then(|d| d.response.reason.clone()),
+            outcome,
+            redelivered: inc.redelivered,
+        }),
+        remembered: false,
+    }
+}

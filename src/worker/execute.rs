@@ -1,0 +1,163 @@
+//! The one place a settlement is carried out: publish what it needs (confirmed), then
+//! ack; if the publish fails, requeue instead. Never both, never neither.
+
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::acker::Guard;
+use super::recent::{Key, Recent};
+use crate::amqp::{self, HeaderValue, Incoming, PublishError, Publisher};
+use crate::config::QueueSettings;
+use crate::settle::{self, Settlement};
+
+/// One broker connection's publishing side, shared with its delivery tasks.
+pub struct Session {
+    pub publisher: Publisher,
+    /// Rung when a publish shows the channel or topology is broken.
+    pub lost: Notify,
+}
+
+/// The message being settled: the delivery, and what decoding learned of it.
+pub struct Settling<'a> {
+    pub inc: &'a Incoming,
+    /// The job's apns-id (decoded jobs), with the hop it is remembered under.
+    pub key: Option<Key>,
+    /// Stamp the apns-id on retries (`x-apns-id`): the job has no id of its own, so the
+    /// apns-id was drawn at random and must travel with the job.
+    pub stamp_apns_id: bool,
+}
+
+/// Carry out `settlement` and settle the delivery's guard: ack after a confirmed
+/// publish, requeue when the publish failed.
+pub async fn carry_out(
+    s: &Session,
+    q: &QueueSettings,
+    recent: &Recent,
+    m: &Settling<'_>,
+    settlement: &Settlement,
+    guard: Guard,
+) -> Result<(), PublishError> {
+    let inc = m.inc;
+    let hop = m.key.map(|k| k.hop).unwrap_or(0);
+    let stamp = m.key.filter(|_| m.stamp_apns_id).map(|k| k.apns_id);
+    let result = match settlement {
+        Settlement::Ack(_) => Ok(()),
+        Settlement::Cleanup(ev) => {
+            let body = serde_json::to_vec(ev).expect("event serialises");
+            let id = Uuid::new_v4().to_string();
+            publish_retrying(s, &q.cleanup_exchange, &ev.topic, &body, || {
+                amqp::event_props(&id)
+            })
+            .await
+        }
+        Settlement::DeadLetter(dl) => {
+            let mut headers = vec![
+                ("x-apns-reason", HeaderValue::Text(dl.reason.clone())),
+                (
+                    "x-error",
+                    HeaderValue::Text(truncate(&dl.error, 1024).to_string()),
+                ),
+                ("x-attempts", HeaderValue::Int(i64::from(dl.attempts))),
+            ];
+            if let Some(st) = dl.status {
+                headers.push(("x-apns-status", HeaderValue::Int(i64::from(st))));
+            }
+            publish_retrying(s, &q.dead_letter_exchange, &q.jobs, &inc.body, || {
+                inc.props_with(&headers, None)
+            })
+            .await
+        }
+        Settlement::Retry {
+            attempt,
+            delay,
+            reason,
+        } => {
+            let headers = [
+                ("x-attempts", HeaderValue::Int(i64::from(*attempt))),
+                ("x-apns-last-reason", HeaderValue::Text(reason.clone())),
+            ];
+            to_delay_queue(s, q, inc, *delay, hop, stamp, &headers).await
+        }
+        Settlement::Park { delay, reason } => {
+            let headers = [("x-apns-parked", HeaderValue::Text(reason.clone()))];
+            to_delay_queue(s, q, inc, *delay, hop, stamp, &headers).await
+        }
+    };
+    match &result {
+        Ok(()) => {
+            if let Some(key) = &m.key {
+                recent.mark_settled(key);
+            }
+            guard.ack();
+        }
+        Err(e) => {
+            if e.breaks_session() {
+                s.lost.notify_one();
+            }
+            guard.requeue();
+        }
+    }
+    result
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// Republish a job to the delay queue of `delay` (a retry or a park): a new message,
+/// one hop further, carrying its apns-id when it has no id of its own.
+async fn to_delay_queue(
+    s: &Session,
+    q: &QueueSettings,
+    inc: &Incoming,
+    delay: settle::DelayQueue,
+    hop: u32,
+    apns_id: Option<Uuid>,
+    extra: &[(&'static str, HeaderValue)],
+) -> Result<(), PublishError> {
+    let mut headers = extra.to_vec();
+    headers.push(("x-apns-hop", HeaderValue::Int(i64::from(hop) + 1)));
+    if let Some(id) = apns_id {
+        headers.push(("x-apns-id", HeaderValue::Text(id.to_string())));
+    }
+    let queue = amqp::delay_queue_name(q, delay.level_ms);
+    publish_retrying(s, "", &queue, &inc.body, || {
+        inc.props_with(&headers, Some(delay.ttl_ms))
+    })
+    .await
+}
+
+/// A confirmed publish, tried up to three times while the channel is healthy.
+async fn publish_retrying(
+    s: &Session,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: impl Fn() -> lapin::BasicProperties,
+) -> Result<(), PublishError> {
+    let mut last = None;
+    for pause in [0u64, 50, 250] {
+        if pause > 0 {
+            tokio::time::sleep(Duration::from_millis(pause)).await;
+        }
+        match s
+            .publisher
+            .publish(exchange, routing_key, body, props())
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) if e.breaks_session() => return Err(e),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("three attempts"))
+}

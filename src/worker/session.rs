@@ -1,0 +1,220 @@
+//! Broker sessions: connect, declare, consume, and one task per delivery; on a lost
+//! connection, reconnect with backoff after the old session's sends have finished; on
+//! shutdown, drain (in-flight jobs get `drain_secs`, the rest is requeued).
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
+use super::acker::Acker;
+use super::delivery;
+use super::execute::Session;
+use super::state::Worker;
+use super::stats::Summary;
+use crate::amqp::{self, Consumer, Publisher};
+
+/// A session that lasted this long resets the reconnect backoff.
+const STABLE_SESSION: Duration = Duration::from_secs(10);
+
+enum End {
+    Shutdown,
+    Lost(JoinSet<()>),
+}
+
+/// The session loop of an already started worker.
+pub async fn serve(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> Summary {
+    tokio::pin!(shutdown);
+    let b = &worker.cfg.broker;
+    let new_backoff = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(b.reconnect_min_ms))
+            .with_max_delay(Duration::from_millis(b.reconnect_max_ms))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut delays = new_backoff();
+    let mut previous: Option<JoinSet<()>> = None;
+    loop {
+        let opened = tokio::select! {
+            r = open_session(&worker) => r,
+            _ = &mut shutdown => break,
+        };
+        let (conn, session) = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                let wait = delays.next().unwrap_or(Duration::from_secs(30));
+                tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "broker session failed to start");
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => continue,
+                    _ = &mut shutdown => break,
+                }
+            }
+        };
+        let session_started = Instant::now();
+        worker.observer.session_started();
+        worker
+            .health
+            .broker_connected
+            .store(true, Ordering::Relaxed);
+        // Let the previous session's sends finish first, so that the jobs the broker
+        // redelivers find their outcomes in `recent` instead of being sent again.
+        if let Some(mut old) = previous.take() {
+            let bound = worker.cfg.apns.send_timeout() + worker.cfg.apns.request_timeout();
+            let _ = tokio::time::timeout(bound, async { while old.join_next().await.is_some() {} })
+                .await;
+            old.abort_all();
+        }
+        let end = consume(&worker, &conn, session.clone(), &mut shutdown).await;
+        worker.health.consuming.store(false, Ordering::Relaxed);
+        worker
+            .health
+            .broker_connected
+            .store(false, Ordering::Relaxed);
+        match end {
+            End::Shutdown => {
+                let _ = session.publisher.channel().close(200, "bye".into()).await;
+                amqp::close(&conn).await;
+                break;
+            }
+            End::Lost(tasks) => {
+                amqp::close(&conn).await;
+                previous = Some(tasks);
+                // A session that ends soon after it began (a publish that keeps failing,
+                // a flapping broker) must not turn into a tight reconnect loop.
+                if session_started.elapsed() >= STABLE_SESSION {
+                    delays = new_backoff();
+                    tracing::warn!("broker session lost; reconnecting");
+                } else {
+                    let wait = delays.next().unwrap_or(Duration::from_secs(30));
+                    tracing::warn!(
+                        retry_in_ms = wait.as_millis() as u64,
+                        "broker session lost soon after it began; reconnecting after a pause"
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = &mut shutdown => break,
+                    }
+                }
+            }
+        }
+    }
+    if let Some(mut old) = previous.take() {
+        old.abort_all();
+        while old.join_next().await.is_some() {}
+    }
+    worker.client.close(Duration::from_secs(1)).await;
+    let summary = worker.observer.summary();
+    tracing::info!(summary = %serde_json::to_string(&summary).unwrap_or_default(), "worker stopped");
+    summary
+}
+
+async fn open_session(w: &Worker) -> Result<(lapin::Connection, Arc<Session>), amqp::AmqpError> {
+    let conn = amqp::connect(&w.cfg.broker).await?;
+    let publisher = Publisher::open(&conn).await?;
+    if w.cfg.queues.declare {
+        amqp::declare_topology(publisher.channel(), &w.cfg.queues, &w.cfg.retry).await?;
+    }
+    tracing::info!(connection_name = %w.cfg.broker.connection_name(), queue = %w.cfg.queues.jobs, "connected to the broker");
+    Ok((
+        conn,
+        Arc::new(Session {
+            publisher,
+            lost: Notify::new(),
+        }),
+    ))
+}
+
+async fn consume(
+    w: &Arc<Worker>,
+    conn: &lapin::Connection,
+    session: Arc<Session>,
+    shutdown: &mut std::pin::Pin<&mut impl Future<Output = ()>>,
+) -> End {
+    let tag = format!(
+        "{}-{}",
+        w.cfg.broker.connection_name(),
+        uuid::Uuid::new_v4()
+    );
+    let mut consumer =
+        match Consumer::start(conn, &w.cfg.queues.jobs, w.cfg.broker.prefetch, tag).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot consume");
+                return End::Lost(JoinSet::new());
+            }
+        };
+    let ws = &w.cfg.worker;
+    let acker = Acker::spawn(
+        consumer.channel.clone(),
+        ws.ack_batch,
+        Duration::from_millis(ws.ack_flush_ms),
+        usize::from(w.cfg.broker.prefetch) / 2,
+    );
+    w.health.consuming.store(true, Ordering::Relaxed);
+    let mut tasks = JoinSet::new();
+    loop {
+        tokio::select! {
+            biased;
+            _ = shutdown.as_mut() => {
+                drain(w, &consumer, &acker, tasks).await;
+                return End::Shutdown;
+            }
+            _ = session.lost.notified() => return End::Lost(tasks),
+            Some(res) = tasks.join_next(), if !tasks.is_empty() => {
+                if let Err(e) = res {
+                    if e.is_panic() {
+                        tracing::error!(error = %e, "a delivery task panicked; its job was requeued");
+                    }
+                }
+            }
+            next = consumer.next() => match next {
+                Some(Ok(inc)) => {
+                    w.observer.received();
+                    let guard = acker.guard(inc.tag);
+                    tasks.spawn(delivery::process(w.clone(), session.clone(), inc, guard));
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(error = %e, "consumer ended");
+                    return End::Lost(tasks);
+                }
+                None => {
+                    tracing::warn!("the broker cancelled the consumer");
+                    return End::Lost(tasks);
+                }
+            }
+        }
+    }
+}
+
+/// SIGTERM: no new deliveries, in-flight jobs get `drain_secs` to finish, the rest is
+/// requeued (their guards drop), acks are flushed.
+async fn drain(w: &Worker, consumer: &Consumer, acker: &Acker, mut tasks: JoinSet<()>) {
+    consumer.cancel().await;
+    w.health.consuming.store(false, Ordering::Relaxed);
+    let deadline = Duration::from_secs(w.cfg.worker.drain_secs);
+    tracing::info!(
+        in_flight = tasks.len(),
+        deadline_secs = deadline.as_secs(),
+        "draining"
+    );
+    let finished = tokio::time::timeout(deadline, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if finished.is_err() {
+        tracing::warn!(
+            left = tasks.len(),
+            "drain deadline reached; requeueing the rest"
+        );
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
+    acker.flush().await;
+    consumer.close().await;
+}

@@ -1,0 +1,122 @@
+//! What every delivery task shares: the configuration, the APNs client, the app
+//! directory, the per-app circuits, the memory of recent outcomes, the health flags
+//! and the observer. Also how the worker looks from outside (`obs::Status`).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use apns::jwt::{Clock, SystemClock};
+use apns::{ApnsClient, ClientError};
+
+use super::circuit::Circuits;
+use super::health::{self, Health};
+use super::observe::Observer;
+use super::recent::Recent;
+use super::stats::Summary;
+use crate::config::{Config, ConfigError};
+use crate::job::AppDirectory;
+use crate::obs::{Metrics, Readiness, Snapshot, Status};
+
+/// Why the worker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// The worker: shared by the broker sessions and every delivery task.
+pub struct Worker {
+    pub(super) cfg: Config,
+    pub(super) client: ApnsClient,
+    pub(super) apps: AppDirectory,
+    pub(super) circuits: Circuits,
+    pub(super) recent: Recent,
+    pub(super) health: Health,
+    pub(super) observer: Observer,
+}
+
+impl Worker {
+    /// Check the config, load the credentials and start the APNs connections.
+    pub fn start(cfg: Config) -> Result<Arc<Worker>, StartError> {
+        Worker::start_with_clock(cfg, Arc::new(SystemClock))
+    }
+
+    /// [`Worker::start`] with another clock for provider tokens (tests).
+    pub fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Arc<Worker>, StartError> {
+        cfg.check()?;
+        let mut apps = Vec::with_capacity(cfg.apps.len());
+        for (name, app) in &cfg.apps {
+            apps.push((name.clone(), app.settings(name)?));
+        }
+        let client = ApnsClient::start_with_clock(apps, &cfg.apns.client_settings(), clock)?;
+        Ok(Arc::new(Worker {
+            apps: AppDirectory::from_config(&cfg.apps),
+            circuits: Circuits::new(
+                cfg.apps.keys(),
+                Duration::from_millis(cfg.circuit.open_ms),
+                Duration::from_millis(cfg.circuit.max_open_ms),
+            ),
+            recent: Recent::new(cfg.worker.dedupe_capacity),
+            client,
+            health: Health::default(),
+            observer: Observer::default(),
+            cfg,
+        }))
+    }
+
+    /// Ready: connected, consuming, and at least one app not paused.
+    pub fn ready(&self) -> bool {
+        self.readiness().ready
+    }
+
+    /// What the worker did so far.
+    pub fn summary(&self) -> Summary {
+        self.observer.summary()
+    }
+
+    /// Deliveries being processed now.
+    pub fn in_flight(&self) -> usize {
+        self.health.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    /// The Prometheus families (and OTLP instruments, once attached).
+    pub fn metrics(&self) -> &Metrics {
+        self.observer.metrics()
+    }
+}
+
+impl Status for Worker {
+    fn readiness(&self) -> Readiness {
+        let connected = self.health.broker_connected.load(Ordering::Relaxed);
+        let consuming = self.health.consuming.load(Ordering::Relaxed);
+        Readiness {
+            ready: connected && consuming && self.circuits.any_sending(),
+            facts: vec![
+                ("broker_connected", connected.to_string()),
+                ("consuming", consuming.to_string()),
+                ("apps_paused", self.circuits.paused().join(",")),
+            ],
+        }
+    }
+
+    fn snapshot(&self) -> Vec<Snapshot> {
+        health::snapshot(
+            &self.client,
+            &self.circuits,
+            &self.health,
+            &self.observer.summary(),
+            self.cfg.broker.prefetch,
+        )
+    }
+
+    fn metrics_text(&self) -> String {
+        crate::obs::prometheus::render(self.observer.metrics(), self.snapshot())
+    }
+}
