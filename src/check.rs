@@ -12,14 +12,20 @@ use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    #[error("{0}")]
+    Broker(String),
     #[error("apps.{app}: {message}")]
     App { app: String, message: String },
     #[error("cannot render the configuration: {0}")]
     Render(String),
 }
 
-/// Load every credential the config names, without connecting anywhere.
+/// Load every file the config names (the broker URL file, keys, certificates, CA
+/// files) as the worker would at start, without connecting anywhere.
 pub fn check_credentials(cfg: &Config) -> Result<(), CheckError> {
+    cfg.broker
+        .effective_url()
+        .map_err(|e| CheckError::Broker(e.to_string()))?;
     let policy =
         TokenPolicy::new(Duration::from_secs(cfg.apns.token_refresh_secs)).map_err(|e| {
             CheckError::App {

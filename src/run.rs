@@ -29,7 +29,8 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
     }
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     if let Some(addr) = worker.config().admin.addr()? {
-        let (_, admin) = obs::admin::bind(addr, worker.clone(), async move {
+        let limits = worker.config().admin.limits();
+        let (_, admin) = obs::admin::bind(addr, worker.clone(), limits, async move {
             let _ = admin_stopped.await;
         })
         .await?;

@@ -11,6 +11,7 @@
 //! | CredentialsBroken | park: back to a delay queue, not an attempt; the app pauses |
 //! | invalid job | dead-letter as `InvalidJob` with the exact problem |
 //! | expired before sending | ack, counted as expired |
+//! | not sent: its broker session is gone | requeue (the broker has it back already) |
 
 use std::time::Duration;
 
@@ -38,6 +39,11 @@ pub enum Settlement {
     Park {
         delay: DelayQueue,
         reason: String,
+    },
+    /// Not sent, and not the worker's to settle any more: the broker session that
+    /// delivered it is gone, so the broker gives it to another consumer.
+    Requeue {
+        reason: &'static str,
     },
 }
 

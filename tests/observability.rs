@@ -47,6 +47,7 @@ fn start_admin(w: &broker::Running) -> std::net::SocketAddr {
         let (addr, serve) = apns_worker::obs::admin::bind(
             "127.0.0.1:0".parse().unwrap(),
             worker,
+            Default::default(),
             std::future::pending(),
         )
         .await

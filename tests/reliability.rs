@@ -86,6 +86,13 @@ fn reconcile(n: u64, mock: &apns_mock::MockApns, cleanups: &[Got], dead: &[Got])
         wrong.len(),
         &wrong[..wrong.len().min(5)]
     );
+    if std::env::var("DUP_DEBUG").is_ok() {
+        for (i, c) in &delivered {
+            if *c > 1 {
+                eprintln!("dup job {i}: {:?}", seen.get(i));
+            }
+        }
+    }
     delivered.values().map(|c| c - 1).sum()
 }
 
@@ -566,6 +573,9 @@ async fn three_replicas_one_killed_one_terminated() {
     let (st, s3, _) = third.wait(Duration::from_secs(15)).await;
     assert!(st.success());
     let (s2, s3) = (s2.unwrap(), s3.unwrap());
+    if std::env::var("DUP_DEBUG").is_ok() {
+        eprintln!("terminated: {s2:?}\nlast: {s3:?}");
+    }
     let cleanups = broker::drain_queue(&conn, &q.cleanup_queue).await;
     let dead = broker::drain_queue(&conn, &q.dead_letter_queue).await;
     let dups = reconcile(N, &m.mock, &cleanups, &dead);
@@ -699,4 +709,69 @@ async fn a_second_signal_exits_at_once() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     broker::delete_topology(&conn, &q, &r).await;
+}
+
+/// A replica whose broker connection dies sends none of the deliveries it still holds
+/// (the broker gives them to another consumer): only the requests already on the wire
+/// at that moment may be sent twice. Replica A holds 400 jobs behind 4 streams when its
+/// connection is cut; replica B takes the redeliveries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_session_withdraws_what_it_has_not_sent() {
+    const N: u64 = 600;
+    const STREAMS: usize = 4;
+    let m = mock(Faults {
+        latency_ms: 200,
+        ..Faults::default()
+    })
+    .await;
+    let q = broker::topology("withdraw");
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut app = m.token_app(TEAM, KEY, 1);
+    app.max_streams_per_connection = STREAMS;
+    let mut a_cfg = worker_config(q.clone(), vec![("shop", app)]);
+    a_cfg.broker.url = apns::secret::Secret::new(proxy.amqp_url());
+    a_cfg.broker.connection_name = Some("apns-worker-test-withdraw-a".into());
+    a_cfg.broker.reconnect_min_ms = 100;
+    a_cfg.broker.reconnect_max_ms = 200;
+    // Jobs wait for a stream as long as it takes (no NotSent retries in the way).
+    a_cfg.apns.send_timeout_ms = 120_000;
+    // B signs with another key: two processes minting tokens for one key within 20
+    // minutes is what APNs (and the mock) refuse.
+    let mut b_app = m.token_app(TEAM, "KEY7654321", 1);
+    b_app.max_streams_per_connection = STREAMS;
+    let mut b_cfg = worker_config(q.clone(), vec![("shop", b_app)]);
+    b_cfg.broker.connection_name = Some("apns-worker-test-withdraw-b".into());
+    b_cfg.apns.send_timeout_ms = 120_000;
+    let conn = broker::connect().await;
+    let a = broker::start(a_cfg.clone()).await;
+    broker::publish_jobs(
+        &conn,
+        &q.jobs,
+        (0..N).map(|i| mixed_job(3 + 20 * i).0).collect(),
+    )
+    .await;
+    // A holds up to its prefetch (500) while 4 streams work through them.
+    wait_answered(&m, 12, Duration::from_secs(20)).await;
+    let b = broker::start(b_cfg.clone()).await;
+    proxy.drop_connections();
+    b.wait_until("B sends", Duration::from_secs(30), |s| s.delivered > 0)
+        .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while a.worker.summary().delivered + b.worker.summary().delivered < N {
+        assert!(tokio::time::Instant::now() < deadline, "not all delivered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (sa, sb) = (a.stop().await, b.stop().await);
+    let mut sends = BTreeMap::<String, u64>::new();
+    for r in m.mock.received() {
+        *sends.entry(r.device_token).or_default() += 1;
+    }
+    let dups: u64 = sends.values().map(|c| c - 1).sum();
+    eprintln!("withdraw: {dups} duplicate sends; A {sa:?}; B {sb:?}");
+    assert_eq!(sends.len() as u64, N, "every job sent");
+    assert!(sa.withdrawn > 0, "A withdrew what it had not sent: {sa:?}");
+    // At most the requests A had on the wire when its session died, or started in the
+    // moment before it noticed (a stream's worth at most).
+    assert!(dups <= 2 * STREAMS as u64, "{dups} duplicates; A {sa:?}");
+    broker::delete_topology(&conn, &q, &a_cfg.retry).await;
 }

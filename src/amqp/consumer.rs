@@ -11,6 +11,7 @@ use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
 use super::{AmqpError, HeaderValue, long, text};
+use crate::job::control::{Headers, Value};
 
 /// One delivery, reduced to what the worker needs; the lapin types stay here.
 pub struct Incoming {
@@ -102,25 +103,149 @@ impl Incoming {
         *self.props.timestamp()
     }
 
-    /// The original properties with extra headers (for dead letters and retries).
-    pub fn props_with(
+    /// The headers the worker reads back from its own delay queues (`job::control`).
+    pub fn control_headers(&self) -> Headers<'_> {
+        let value = |name: &str| self.header(name).map(control_value);
+        Headers {
+            attempts: value("x-attempts"),
+            hop: value("x-apns-hop"),
+            apns_id: value("x-apns-id"),
+            lineage: value("x-apns-lineage"),
+            dead_letter_id: value("x-apns-dead-letter-id"),
+            death: self.newest_death(),
+        }
+    }
+
+    /// The newest entry of RabbitMQ's `x-death` (it keeps the newest first): its queue
+    /// and reason.
+    fn newest_death(&self) -> Option<(&str, &str)> {
+        let AMQPValue::FieldArray(deaths) = self.header("x-death")? else {
+            return None;
+        };
+        let AMQPValue::FieldTable(newest) = deaths.as_slice().first()? else {
+            return None;
+        };
+        let text = |k: &str| match newest.inner().get(&ShortString::from(k))? {
+            AMQPValue::LongString(s) => std::str::from_utf8(s.as_bytes()).ok(),
+            AMQPValue::ShortString(s) => Some(s.as_str()),
+            _ => None,
+        };
+        Some((text("queue")?, text("reason")?))
+    }
+
+    /// The properties of a retry or park copy: the original's, with the worker's
+    /// headers, the delay queue's TTL as the expiration, and no `user-id` (RabbitMQ
+    /// refuses a publish whose user-id is not the connection's user; the original is
+    /// kept as `x-apns-original-user-id`).
+    pub fn copy_props(&self, headers: &[(&str, HeaderValue)], ttl_ms: u64) -> BasicProperties {
+        self.republish(headers, &[], Some(ttl_ms))
+    }
+
+    /// The properties of a dead letter: the original's, with the worker's headers, and
+    /// nothing the worker would trust if the dead letter were replayed, nor anything
+    /// that could drop it: no `x-death`, `x-apns-hop`, `x-apns-id`, no expiration (the
+    /// producer's TTL is kept as `x-apns-original-expiration`), no user-id.
+    pub fn dead_letter_props(&self, headers: &[(&str, HeaderValue)]) -> BasicProperties {
+        self.republish(headers, DEAD_LETTER_DROPS, None)
+    }
+
+    fn republish(
         &self,
-        headers: &[(&str, HeaderValue)],
+        add: &[(&str, HeaderValue)],
+        drop: &[&str],
         expiration_ms: Option<u64>,
     ) -> BasicProperties {
-        let mut table = self.props.headers().clone().unwrap_or_default();
-        for (k, v) in headers {
+        let p = &self.props;
+        let mut table = p.headers().clone().unwrap_or_default();
+        if !drop.is_empty() {
+            let mut kept = FieldTable::default();
+            for (k, v) in table.inner() {
+                if !drop.iter().any(|d| d.eq_ignore_ascii_case(k.as_str())) {
+                    kept.insert(k.clone(), v.clone());
+                }
+            }
+            table = kept;
+            if let Some(e) = p.expiration() {
+                table.insert("x-apns-original-expiration".into(), text(e.as_str()));
+            }
+        }
+        if let Some(u) = p.user_id() {
+            table.insert("x-apns-original-user-id".into(), text(u.as_str()));
+        }
+        for (k, v) in add {
             let v = match v {
                 HeaderValue::Int(i) => long(*i),
                 HeaderValue::Text(s) => text(s),
             };
             table.insert((*k).into(), v);
         }
-        let mut p = self.props.clone().with_headers(table);
-        if let Some(ms) = expiration_ms {
-            p = p.with_expiration(ShortString::from(ms.to_string()));
+        // lapin's properties can be set but not unset: rebuild them without user-id
+        // (and, for dead letters, without expiration).
+        let mut out = BasicProperties::default().with_headers(table);
+        macro_rules! keep {
+            ($get:ident, $set:ident) => {
+                if let Some(v) = p.$get() {
+                    out = out.$set(v.clone());
+                }
+            };
         }
-        p
+        keep!(content_type, with_content_type);
+        keep!(content_encoding, with_content_encoding);
+        keep!(delivery_mode, with_delivery_mode);
+        keep!(priority, with_priority);
+        keep!(correlation_id, with_correlation_id);
+        keep!(reply_to, with_reply_to);
+        keep!(message_id, with_message_id);
+        keep!(timestamp, with_timestamp);
+        keep!(kind, with_type);
+        keep!(app_id, with_app_id);
+        keep!(cluster_id, with_cluster_id);
+        match expiration_ms {
+            Some(ms) => out = out.with_expiration(ShortString::from(ms.to_string())),
+            None if drop.is_empty() => keep!(expiration, with_expiration),
+            None => {}
+        }
+        out
+    }
+}
+
+/// Headers a dead letter does not carry (`dead_letter_props`).
+const DEAD_LETTER_DROPS: &[&str] = &[
+    "x-death",
+    "x-first-death-exchange",
+    "x-first-death-queue",
+    "x-first-death-reason",
+    "x-last-death-exchange",
+    "x-last-death-queue",
+    "x-last-death-reason",
+    "x-apns-hop",
+    "x-apns-id",
+    "x-apns-lineage",
+];
+
+/// An AMQP header value as `job::control` sees it.
+fn control_value(v: &AMQPValue) -> Value<'_> {
+    match v {
+        AMQPValue::ShortShortInt(n) => Value::Int((*n).into()),
+        AMQPValue::ShortShortUInt(n) => Value::Int((*n).into()),
+        AMQPValue::ShortInt(n) => Value::Int((*n).into()),
+        AMQPValue::ShortUInt(n) => Value::Int((*n).into()),
+        AMQPValue::LongInt(n) => Value::Int((*n).into()),
+        AMQPValue::LongUInt(n) => Value::Int((*n).into()),
+        AMQPValue::LongLongInt(n) => Value::Int((*n).into()),
+        AMQPValue::LongString(s) => match std::str::from_utf8(s.as_bytes()) {
+            Ok(t) => Value::Text(t),
+            Err(_) => Value::Other("non-UTF-8 string"),
+        },
+        AMQPValue::ShortString(s) => Value::Text(s.as_str()),
+        AMQPValue::Boolean(_) => Value::Other("boolean"),
+        AMQPValue::Float(_) | AMQPValue::Double(_) => Value::Other("float"),
+        AMQPValue::DecimalValue(_) => Value::Other("decimal"),
+        AMQPValue::Timestamp(_) => Value::Other("timestamp"),
+        AMQPValue::FieldArray(_) => Value::Other("array"),
+        AMQPValue::FieldTable(_) => Value::Other("table"),
+        AMQPValue::ByteArray(_) => Value::Other("byte array"),
+        AMQPValue::Void => Value::Other("void"),
     }
 }
 

@@ -58,6 +58,11 @@ impl Config {
             return Err(invalid("worker.max_job_bytes must be at least 1024"));
         }
         self.admin.addr()?;
+        if self.admin.max_connections == 0 || self.admin.header_read_timeout_ms == 0 {
+            return Err(invalid(
+                "admin.max_connections and admin.header_read_timeout_ms must be above 0",
+            ));
+        }
         if self.circuit.open_ms == 0 || self.circuit.max_open_ms < self.circuit.open_ms {
             return Err(invalid(
                 "circuit.open_ms must be above 0 and at most circuit.max_open_ms",

@@ -105,6 +105,12 @@ impl BrokerSettings {
         if !(base.starts_with("amqp://") || base.starts_with("amqps://")) {
             return Err(invalid("broker.url must start with amqp:// or amqps://"));
         }
+        // The parser's own message may quote the URL, password included: not shown.
+        if base.parse::<lapin::uri::AMQPUri>().is_err() {
+            return Err(invalid(
+                "broker.url does not parse as an AMQP URL: check its form, amqp://user:password@host:port/vhost (percent-encode special characters in the user, password and vhost)",
+            ));
+        }
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = if base.contains("heartbeat=") {
             base
@@ -255,17 +261,32 @@ impl Default for WorkerSettings {
 pub struct AdminSettings {
     /// Address to listen on; empty: no admin endpoint.
     pub listen: String,
+    /// Connections held at once; beyond it the oldest idle one is evicted.
+    pub max_connections: usize,
+    /// A client must send a request's headers within this (and a kept-alive
+    /// connection may stay idle this long).
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for AdminSettings {
     fn default() -> Self {
         AdminSettings {
             listen: "0.0.0.0:9090".into(),
+            max_connections: 256,
+            header_read_timeout_ms: 5_000,
         }
     }
 }
 
 impl AdminSettings {
+    /// The endpoint's limits.
+    pub fn limits(&self) -> crate::obs::admin::AdminLimits {
+        crate::obs::admin::AdminLimits {
+            max_connections: self.max_connections,
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+        }
+    }
+
     pub fn addr(&self) -> Result<Option<std::net::SocketAddr>, ConfigError> {
         if self.listen.is_empty() {
             return Ok(None);

@@ -147,3 +147,14 @@ fn secrets_never_print() {
     let shown = format!("{c:?} {}", toml::to_string(&c).unwrap());
     assert!(!shown.contains("hunter2"), "{shown}");
 }
+
+#[test]
+fn a_broker_url_that_does_not_parse_fails_without_printing_it() {
+    for url in ["amqp://u:pw@[bad", "amqp://u:pw@host:notaport/%2f"] {
+        let e = Config::from_toml(&format!("[broker]\nurl = \"{url}\""), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("does not parse as an AMQP URL"), "{url}: {e}");
+        assert!(!e.contains("pw"), "the password leaked: {e}");
+    }
+}

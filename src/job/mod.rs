@@ -6,6 +6,7 @@
 //! this decoder and the schema agree on a corpus of good and bad jobs.
 
 mod apps;
+pub mod control;
 
 use apns::payload::PayloadError;
 use apns::{Notification, NotificationParts, Priority, PushType, ValidationError};
@@ -32,6 +33,8 @@ pub enum JobError {
     Schema(String),
     #[error("{0}")]
     Payload(#[from] PayloadError),
+    #[error("{0}")]
+    Control(#[from] control::ControlError),
     #[error("id must be 1 to 200 characters")]
     BadId,
     #[error("no app named {0:?} is configured")]
@@ -98,8 +101,9 @@ impl Job {
 pub struct Envelope<'a> {
     pub content_type: Option<&'a str>,
     pub message_id: Option<&'a str>,
-    /// `x-apns-id`, set by the worker on retries of jobs that had no id.
-    pub apns_id_header: Option<&'a str>,
+    /// `x-apns-id`, set by the worker on retries of jobs that had no id (read from
+    /// the worker's own copies only: `control`).
+    pub apns_id_header: Option<Uuid>,
 }
 
 fn path_error<E: std::fmt::Display>(prefix: &str, e: serde_path_to_error::Error<E>) -> String {
@@ -134,10 +138,7 @@ pub fn derive_apns_id(job_id: Option<&str>, env: &Envelope<'_>) -> Option<Uuid> 
     let from = |s: &str| {
         Uuid::parse_str(s).unwrap_or_else(|_| Uuid::new_v5(&APNS_ID_NAMESPACE, s.as_bytes()))
     };
-    job_id
-        .or(env.message_id)
-        .map(from)
-        .or_else(|| env.apns_id_header.and_then(|s| Uuid::parse_str(s).ok()))
+    job_id.or(env.message_id).map(from).or(env.apns_id_header)
 }
 
 /// Decode and validate one job. `body` is the message body; the payload is sliced
@@ -470,7 +471,7 @@ mod tests {
     fn apns_id_sources_in_order() {
         let env = Envelope {
             message_id: Some("m-1"),
-            apns_id_header: Some("123e4567-e89b-12d3-a456-426614174000"),
+            apns_id_header: Uuid::parse_str("123e4567-e89b-12d3-a456-426614174000").ok(),
             ..Envelope::default()
         };
         let u = Uuid::parse_str("123e4567-e89b-12d3-a456-426614174000").unwrap();
@@ -484,7 +485,7 @@ mod tests {
             Some(Uuid::new_v5(&APNS_ID_NAMESPACE, b"m-1"))
         );
         let env2 = Envelope {
-            apns_id_header: Some("123e4567-e89b-12d3-a456-426614174000"),
+            apns_id_header: Some(u),
             ..Envelope::default()
         };
         assert_eq!(derive_apns_id(None, &env2), Some(u));

@@ -13,10 +13,11 @@ use super::acker::Guard;
 use super::circuit::Gate;
 use super::execute::{self, Session, Settling};
 use super::observe::{Report, Sent};
-use super::recent::Key;
+use super::recent::{Claim, Key};
 use super::state::Worker;
 use crate::amqp::Incoming;
-use crate::job::{self, Envelope, Job};
+use crate::job::control::Control;
+use crate::job::{self, Envelope, Job, JobError};
 use crate::obs::SendStatus;
 use crate::settle::{self, AckKind, Settlement};
 
@@ -52,6 +53,9 @@ impl Decision {
         }
     }
 }
+
+/// How often a message looks again whether its twin in flight has its answer.
+const TWIN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 fn now_secs() -> u64 {
     SystemTime::now()
@@ -106,22 +110,42 @@ fn job_span(w: &Worker, inc: &Incoming) -> tracing::Span {
 
 async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guard) {
     let _in_flight = InFlight::new(&w.health.in_flight);
-    let attempts_before = inc.header_u32("x-attempts").unwrap_or(0);
-    let hop = inc.header_u32("x-apns-hop").unwrap_or(0);
+    // The worker's own headers, trusted on its own delay queues' copies only.
+    let control = job::control::read(&inc.control_headers(), &w.cfg.queues.retry_prefix);
+    let Control {
+        attempts: attempts_before,
+        hop,
+        apns_id,
+        lineage,
+        from_delay_queue,
+    } = control.clone().unwrap_or_default();
     let env = Envelope {
         content_type: inc.content_type(),
         message_id: inc.message_id(),
-        apns_id_header: inc.header_str("x-apns-id"),
+        apns_id_header: apns_id,
     };
-    let decoded = job::decode(&inc.body, &env, &w.apps, w.cfg.worker.max_job_bytes);
-    let decision = match &decoded {
+    let decoded = match control {
+        Err(e) => Err(JobError::from(e)),
+        Ok(_) => job::decode(&inc.body, &env, &w.apps, w.cfg.worker.max_job_bytes),
+    };
+    let mut decision = match &decoded {
         Err(e) => Decision::unsent(settle::invalid_job(&e.to_string(), attempts_before)),
-        Ok(job) => decide(&w, &inc, job, attempts_before, hop).await,
+        Ok(job) => {
+            let consult = inc.redelivered || from_delay_queue;
+            let step = (lineage, hop);
+            decide(&w, &s, job, attempts_before, step, consult).await
+        }
     };
+    if let Some(sent) = &mut decision.sent {
+        // Sent (or tried) again: it may be a duplicate of another process's send.
+        sent.redelivered = inc.redelivered;
+    }
     let job = decoded.as_ref().ok();
-    let key = job
-        .and_then(Job::apns_id)
-        .map(|apns_id| Key { apns_id, hop });
+    let key = job.and_then(Job::apns_id).map(|apns_id| Key {
+        apns_id,
+        lineage,
+        hop,
+    });
     let settling = Settling {
         inc: &inc,
         key,
@@ -160,12 +184,26 @@ fn published_at_ms(inc: &Incoming) -> Option<u64> {
         .or_else(|| inc.timestamp().map(|s| s * 1000))
 }
 
-async fn decide(w: &Worker, inc: &Incoming, job: &Job, attempts_before: u32, hop: u32) -> Decision {
+async fn decide(
+    w: &Worker,
+    s: &Session,
+    job: &Job,
+    attempts_before: u32,
+    (lineage, hop): (u64, u32),
+    // A redelivery, or a worker-made copy of which a twin may exist (a publish whose
+    // confirm was lost; RabbitMQ's at-least-once dead-lettering): if this message's
+    // answer is known, use it; if its twin is being sent, wait for its answer.
+    consult: bool,
+) -> Decision {
     if job.expired(now_secs()) {
         return Decision::unsent(Settlement::Ack(AckKind::Expired));
     }
     let apns_id = job.apns_id().expect("decode always sets an apns-id");
-    let key = Key { apns_id, hop };
+    let key = Key {
+        apns_id,
+        lineage,
+        hop,
+    };
     let n = &job.notification;
     let mut rng = fastrand::Rng::new();
     let ctx = || settle::Context {
@@ -178,29 +216,43 @@ async fn decide(w: &Worker, inc: &Incoming, job: &Job, attempts_before: u32, hop
         apns_id: Some(apns_id.to_string()),
         observed_at: SystemTime::now(),
     };
-    // A redelivery, or a worker-made copy (hop > 0) of which a twin may exist after a
-    // publish whose confirm was lost: if this message's answer is known, use it.
-    if inc.redelivered || hop > 0 {
-        if let Some(entry) = w.recent.get(&key) {
-            // Settled already (the ack was lost): ack again. Not yet (a publish
-            // failed): carry out the same settlement again.
-            let settlement = if entry.settled {
-                Settlement::Ack(AckKind::AlreadySettled)
-            } else {
-                settle::decide(&entry.outcome, &ctx(), &mut rng)
-            };
-            return Decision {
-                settlement,
-                sent: None,
-                remembered: true,
-            };
+    let twin_bound = Instant::now() + w.cfg.apns.send_timeout() + w.cfg.apns.request_timeout();
+    loop {
+        match w.recent.claim(key, consult) {
+            Claim::Mine => break,
+            Claim::Known(entry) => {
+                // Settled already (the ack was lost): ack again. Not yet (a publish
+                // failed): carry out the same settlement again.
+                let settlement = if entry.settled {
+                    Settlement::Ack(AckKind::AlreadySettled)
+                } else {
+                    settle::decide(&entry.outcome, &ctx(), &mut rng)
+                };
+                return Decision {
+                    settlement,
+                    sent: None,
+                    remembered: true,
+                };
+            }
+            Claim::InFlight if Instant::now() < twin_bound => {
+                tokio::time::sleep(TWIN_POLL).await;
+            }
+            // Its twin never answered within a send's bound: send this one.
+            Claim::InFlight => {
+                let _ = w.recent.claim(key, false);
+                break;
+            }
         }
     }
+    // Parked unsent. Remembered like an answer, so that a twin of this message (or its
+    // redelivery) is settled from it: acked once this park's copy is confirmed, and
+    // the job goes on as one copy, not two.
     let park = |rng: &mut fastrand::Rng| {
         let parked = Outcome::CredentialsBroken {
             status: 0,
             reason: None,
         };
+        w.recent.insert(key, parked.clone());
         Decision::unsent(settle::decide(&parked, &ctx(), rng))
     };
     let gate = match w.circuits.of(&job.app) {
@@ -212,11 +264,26 @@ async fn decide(w: &Worker, inc: &Incoming, job: &Job, attempts_before: u32, hop
     }
     let started = Instant::now();
     // Asked again when a stream is granted: jobs that passed the gate before the app's
-    // credentials were found broken, and still wait for a stream, are parked unsent.
-    let proceed = || gate == Gate::Probe || w.circuits.of(&job.app).is_none_or(|c| c.is_closed());
+    // credentials were found broken, and still wait for a stream, are parked unsent;
+    // jobs whose broker session is gone are not sent at all (the broker has them back).
+    let proceed = || {
+        !s.is_gone()
+            && (gate == Gate::Probe || w.circuits.of(&job.app).is_none_or(|c| c.is_closed()))
+    };
     let sent = w.client.send_checked(&job.app, n, proceed).await;
     if let Err(SendError::Withdrawn) = sent {
-        return park(&mut rng);
+        if !s.is_gone() {
+            return park(&mut rng);
+        }
+        w.recent.release(&key);
+        if gate == Gate::Probe {
+            if let Some(mut c) = w.circuits.of(&job.app) {
+                c.probe_inconclusive(Instant::now());
+            }
+        }
+        return Decision::unsent(Settlement::Requeue {
+            reason: "SessionLost",
+        });
     }
     let outcome = match &sent {
         Ok(d) => d.outcome.clone(),
@@ -262,7 +329,7 @@ async fn decide(w: &Worker, inc: &Incoming, job: &Job, attempts_before: u32, hop
             secs,
             reason: sent.as_ref().ok().and_then(|d| d.response.reason.clone()),
             outcome,
-            redelivered: inc.redelivered,
+            redelivered: false,
         }),
         remembered: false,
     }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -17,12 +19,35 @@ pub struct Session {
     pub publisher: Publisher,
     /// Rung when a publish shows the channel or topology is broken.
     pub lost: Notify,
+    /// The session has ended with its connection or channel lost: its unacked
+    /// deliveries are back in the queue (and with another consumer), so its tasks send
+    /// nothing more.
+    gone: AtomicBool,
+}
+
+impl Session {
+    pub fn new(publisher: Publisher) -> Session {
+        Session {
+            publisher,
+            lost: Notify::new(),
+            gone: AtomicBool::new(false),
+        }
+    }
+
+    pub fn mark_gone(&self) {
+        self.gone.store(true, Ordering::Relaxed);
+    }
+
+    pub fn is_gone(&self) -> bool {
+        self.gone.load(Ordering::Relaxed)
+    }
 }
 
 /// The message being settled: the delivery, and what decoding learned of it.
 pub struct Settling<'a> {
     pub inc: &'a Incoming,
-    /// The job's apns-id (decoded jobs), with the hop it is remembered under.
+    /// The job's apns-id (decoded jobs), with the lineage and hop it is remembered
+    /// under.
     pub key: Option<Key>,
     /// Stamp the apns-id on retries (`x-apns-id`): the job has no id of its own, so the
     /// apns-id was drawn at random and must travel with the job.
@@ -40,10 +65,17 @@ pub async fn carry_out(
     guard: Guard,
 ) -> Result<(), PublishError> {
     let inc = m.inc;
-    let hop = m.key.map(|k| k.hop).unwrap_or(0);
+    let (lineage, hop) = m.key.map(|k| (k.lineage, k.hop)).unwrap_or((0, 0));
     let stamp = m.key.filter(|_| m.stamp_apns_id).map(|k| k.apns_id);
+    if let Settlement::Requeue { .. } = settlement {
+        if let Some(key) = &m.key {
+            recent.release(key);
+        }
+        guard.requeue();
+        return Ok(());
+    }
     let result = match settlement {
-        Settlement::Ack(_) => Ok(()),
+        Settlement::Ack(_) | Settlement::Requeue { .. } => Ok(()),
         Settlement::Cleanup(ev) => {
             let body = serde_json::to_vec(ev).expect("event serialises");
             let id = Uuid::new_v4().to_string();
@@ -60,12 +92,17 @@ pub async fn carry_out(
                     HeaderValue::Text(truncate(&dl.error, 1024).to_string()),
                 ),
                 ("x-attempts", HeaderValue::Int(i64::from(dl.attempts))),
+                // A replay of this dead letter is a new message of the job (`control`).
+                (
+                    "x-apns-dead-letter-id",
+                    HeaderValue::Text(Uuid::new_v4().to_string()),
+                ),
             ];
             if let Some(st) = dl.status {
                 headers.push(("x-apns-status", HeaderValue::Int(i64::from(st))));
             }
             publish_retrying(s, &q.dead_letter_exchange, &q.jobs, &inc.body, || {
-                inc.props_with(&headers, None)
+                inc.dead_letter_props(&headers)
             })
             .await
         }
@@ -78,20 +115,18 @@ pub async fn carry_out(
                 ("x-attempts", HeaderValue::Int(i64::from(*attempt))),
                 ("x-apns-last-reason", HeaderValue::Text(reason.clone())),
             ];
-            to_delay_queue(s, q, inc, *delay, hop, stamp, &headers).await
+            to_delay_queue(s, q, inc, *delay, (lineage, hop), stamp, &headers).await
         }
         Settlement::Park { delay, reason } => {
             let headers = [("x-apns-parked", HeaderValue::Text(reason.clone()))];
-            to_delay_queue(s, q, inc, *delay, hop, stamp, &headers).await
+            to_delay_queue(s, q, inc, *delay, (lineage, hop), stamp, &headers).await
         }
     };
+    if let Some(key) = &m.key {
+        recent.settled(key, result.is_ok());
+    }
     match &result {
-        Ok(()) => {
-            if let Some(key) = &m.key {
-                recent.mark_settled(key);
-            }
-            guard.ack();
-        }
+        Ok(()) => guard.ack(),
         Err(e) => {
             if e.breaks_session() {
                 s.lost.notify_one();
@@ -114,24 +149,27 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Republish a job to the delay queue of `delay` (a retry or a park): a new message,
-/// one hop further, carrying its apns-id when it has no id of its own.
+/// one hop further in its lineage, carrying its apns-id when it has no id of its own.
 async fn to_delay_queue(
     s: &Session,
     q: &QueueSettings,
     inc: &Incoming,
     delay: settle::DelayQueue,
-    hop: u32,
+    (lineage, hop): (u64, u32),
     apns_id: Option<Uuid>,
     extra: &[(&'static str, HeaderValue)],
 ) -> Result<(), PublishError> {
     let mut headers = extra.to_vec();
     headers.push(("x-apns-hop", HeaderValue::Int(i64::from(hop) + 1)));
+    if lineage != 0 {
+        headers.push(("x-apns-lineage", HeaderValue::Int(lineage as i64)));
+    }
     if let Some(id) = apns_id {
         headers.push(("x-apns-id", HeaderValue::Text(id.to_string())));
     }
     let queue = amqp::delay_queue_name(q, delay.level_ms);
     publish_retrying(s, "", &queue, &inc.body, || {
-        inc.props_with(&headers, Some(delay.ttl_ms))
+        inc.copy_props(&headers, delay.ttl_ms)
     })
     .await
 }

@@ -75,6 +75,7 @@ fn labels(s: &Settlement) -> (&'static str, &str) {
         Settlement::DeadLetter(dl) => ("dead_letter", dl.reason.as_str()),
         Settlement::Retry { reason, .. } => ("retry", reason.as_str()),
         Settlement::Park { reason, .. } => ("park", reason.as_str()),
+        Settlement::Requeue { reason } => ("requeued", reason),
     }
 }
 
@@ -141,6 +142,10 @@ impl Observer {
                     }
                     Settlement::Retry { .. } => &st.retried,
                     Settlement::Park { .. } => &st.parked,
+                    Settlement::Requeue { .. } => {
+                        Stats::inc(&st.withdrawn);
+                        &st.requeued
+                    }
                 };
                 Stats::inc(counter);
                 if let Some(ms) = r.published_at_ms {

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use backon::BackoffBuilder;
-use tokio::sync::Notify;
+use futures_util::StreamExt;
 use tokio::task::JoinSet;
 
 use super::acker::Acker;
@@ -83,6 +83,9 @@ pub async fn serve(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> S
                 break;
             }
             End::Lost(tasks) => {
+                // Its unacked deliveries go back to the queue: what has not reached a
+                // stream yet is withdrawn, not sent (another consumer gets it).
+                session.mark_gone();
                 amqp::close(&conn).await;
                 previous = Some(tasks);
                 // A session that ends soon after it began (a publish that keeps failing,
@@ -121,13 +124,7 @@ async fn open_session(w: &Worker) -> Result<(lapin::Connection, Arc<Session>), a
         amqp::declare_topology(publisher.channel(), &w.cfg.queues, &w.cfg.retry).await?;
     }
     tracing::info!(connection_name = %w.cfg.broker.connection_name(), queue = %w.cfg.queues.jobs, "connected to the broker");
-    Ok((
-        conn,
-        Arc::new(Session {
-            publisher,
-            lost: Notify::new(),
-        }),
-    ))
+    Ok((conn, Arc::new(Session::new(publisher))))
 }
 
 async fn consume(
@@ -157,6 +154,9 @@ async fn consume(
         usize::from(w.cfg.broker.prefetch) / 2,
     );
     w.health.consuming.store(true, Ordering::Relaxed);
+    // The connection's own events: its failure is known here first (before the
+    // consumer's stream ends), so the deliveries it held stop going out at once.
+    let mut events = conn.events_listener();
     let mut tasks = JoinSet::new();
     loop {
         tokio::select! {
@@ -166,6 +166,19 @@ async fn consume(
                 return End::Shutdown;
             }
             _ = session.lost.notified() => return End::Lost(tasks),
+            Some(event) = events.next() => match event {
+                lapin::Event::Error(e) => {
+                    tracing::warn!(error = %e, "the broker connection failed");
+                    return End::Lost(tasks);
+                }
+                lapin::Event::ConnectionBlocked(reason) => {
+                    tracing::warn!(%reason, "the broker blocks this connection's publishes (a resource alarm)");
+                }
+                lapin::Event::ConnectionUnblocked => {
+                    tracing::info!("the broker unblocked this connection");
+                }
+                _ => {}
+            },
             Some(res) = tasks.join_next(), if !tasks.is_empty() => {
                 if let Err(e) = res {
                     if e.is_panic() {

@@ -29,6 +29,9 @@ pub struct Stats {
     /// event, dead letter or retry copy may exist twice.
     pub uncertain_publishes: AtomicU64,
     pub requeued: AtomicU64,
+    /// Jobs not sent because the broker session that delivered them was gone by the
+    /// time a stream was free (the broker gives them to another consumer).
+    pub withdrawn: AtomicU64,
     pub broker_sessions: AtomicU64,
     /// Every dead letter (also counted by reason).
     pub dead_lettered_any: AtomicU64,
@@ -51,6 +54,7 @@ pub struct Summary {
     pub publish_failures: u64,
     pub uncertain_publishes: u64,
     pub requeued: u64,
+    pub withdrawn: u64,
     pub broker_sessions: u64,
 }
 
@@ -95,6 +99,7 @@ impl Stats {
             publish_failures: g(&self.publish_failures),
             uncertain_publishes: g(&self.uncertain_publishes),
             requeued: g(&self.requeued),
+            withdrawn: g(&self.withdrawn),
             broker_sessions: g(&self.broker_sessions),
         }
     }

@@ -122,14 +122,20 @@ impl Got {
     /// The headers the worker adds, as JSON (for the dead-letter headers schema).
     pub fn worker_headers(&self) -> serde_json::Value {
         let mut m = serde_json::Map::new();
-        for k in ["x-apns-reason", "x-error"] {
+        let names: Vec<String> = self
+            .props
+            .headers()
+            .as_ref()
+            .map(|h| h.inner().keys().map(|k| k.as_str().to_string()).collect())
+            .unwrap_or_default();
+        for k in names
+            .iter()
+            .filter(|k| k.starts_with("x-apns-") || *k == "x-error" || *k == "x-attempts")
+        {
             if let Some(v) = self.header_str(k) {
-                m.insert(k.into(), v.into());
-            }
-        }
-        for k in ["x-apns-status", "x-attempts"] {
-            if let Some(v) = self.header_int(k) {
-                m.insert(k.into(), v.into());
+                m.insert(k.clone(), v.into());
+            } else if let Some(v) = self.header_int(k) {
+                m.insert(k.clone(), v.into());
             }
         }
         serde_json::Value::Object(m)

@@ -188,6 +188,7 @@ fn summary_from(v: &serde_json::Value) -> Summary {
         publish_failures: n("publish_failures"),
         uncertain_publishes: n("uncertain_publishes"),
         requeued: n("requeued"),
+        withdrawn: n("withdrawn"),
         broker_sessions: n("broker_sessions"),
     }
 }
