@@ -117,6 +117,9 @@ pub async fn probe(cfg: &Config) -> Result<Vec<String>, Vec<String>> {
                     Outcome::CredentialsBroken { .. } | Outcome::RefreshToken => Err(format!(
                         "apps.{name}: APNs refuses the credentials ({answer})"
                     )),
+                    Outcome::TokenThrottled => Err(format!(
+                        "apps.{name}: APNs says the key's provider token changed too often ({answer}): another sender with this key mints its own tokens; the credentials themselves may be fine"
+                    )),
                     Outcome::Rejected { .. } => Err(format!(
                         "apps.{name}: credentials accepted, but APNs refuses topic {topic:?} ({answer})"
                     )),

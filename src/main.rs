@@ -162,16 +162,9 @@ fn main() -> ExitCode {
                 };
                 let queue = queue.unwrap_or_else(|| cfg.queues.jobs.clone());
                 let progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-                let n = apns_worker::publish::run(
-                    &cfg.broker,
-                    &queue,
-                    source,
-                    &apps,
-                    cfg.worker.max_job_bytes,
-                    progress,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                let n = apns_worker::publish::run(&cfg, &queue, source, &apps, progress)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 eprintln!("published {n} job(s) to {queue}");
                 Ok(())
             }

@@ -12,7 +12,7 @@ use lapin::{Confirmation, Connection};
 use serde_json::json;
 
 use crate::amqp;
-use crate::config::BrokerSettings;
+use crate::config::Config;
 use crate::job::{self, AppDirectory, Envelope};
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,10 @@ pub enum PublishCmdError {
         "the broker refused or could not route {0} job(s) (does the queue exist? run the worker once to declare it)"
     )]
     Refused(u64),
+    #[error(
+        "queue {0:?} does not exist; nothing was published (run the worker once, or publish with queues.declare = true, to declare the topology)"
+    )]
+    NoQueue(String),
 }
 
 /// Where the jobs come from.
@@ -124,6 +128,18 @@ pub fn load_jsonl(
     Ok(jobs)
 }
 
+/// The first 8 digits of a job's device token, for log lines ("" if it has none).
+fn token_prefix_of(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            v.get("device_token")
+                .and_then(|t| t.as_str())
+                .map(|t| t.chars().take(8).collect())
+        })
+        .unwrap_or_default()
+}
+
 /// The id to use as AMQP message id: the job's `id`, else a new UUID.
 fn message_id(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
@@ -160,16 +176,28 @@ pub async fn publish_jobs(
     let window = 2048;
     let mut pending = FuturesUnordered::new();
     let (mut published, mut refused) = (0u64, 0u64);
-    let mut settle = |c: Result<Confirmation, lapin::Error>| -> Result<(), PublishCmdError> {
+    // One line per job the broker returned or refused, naming it by its id and the
+    // first digits of its token; never its body.
+    let mut settle = |(c, id, token): (Result<Confirmation, lapin::Error>, String, String)|
+     -> Result<(), PublishCmdError> {
         match c.map_err(|e| PublishCmdError::Publish(e.to_string()))? {
             Confirmation::Ack(None) => published += 1,
-            _ => refused += 1,
+            Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)) => {
+                refused += 1;
+                tracing::warn!(job_id = %id, token = %token, queue, reply = %ret.reply_text, "the broker returned a job it could not route");
+            }
+            _ => {
+                refused += 1;
+                tracing::warn!(job_id = %id, token = %token, queue, "the broker refused a job (nack)");
+            }
         }
         bar.inc(1);
         Ok(())
     };
     for body in jobs {
-        let props = amqp::job_props(&message_id(&body));
+        let id = message_id(&body);
+        let token = token_prefix_of(&body);
+        let props = amqp::job_props(&id);
         let confirm = ch
             .basic_publish(
                 "".into(),
@@ -183,7 +211,7 @@ pub async fn publish_jobs(
             )
             .await
             .map_err(|e| PublishCmdError::Publish(e.to_string()))?;
-        pending.push(confirm);
+        pending.push(async move { (confirm.await, id, token) });
         while pending.len() >= window {
             if let Some(c) = pending.next().await {
                 settle(c)?;
@@ -201,15 +229,16 @@ pub async fn publish_jobs(
     Ok(published)
 }
 
-/// The whole command.
+/// The whole command: check every job, make sure the queue exists (declaring the
+/// topology as `run` does when `queues.declare` is on), publish with confirms.
 pub async fn run(
-    broker: &BrokerSettings,
+    cfg: &Config,
     queue: &str,
     source: Source,
     apps: &AppDirectory,
-    max_bytes: usize,
     progress: bool,
 ) -> Result<u64, PublishCmdError> {
+    let max_bytes = cfg.worker.max_job_bytes;
     let (jobs, total): (Box<dyn Iterator<Item = String> + Send>, u64) = match source {
         Source::Jsonl(path) => {
             let v = load_jsonl(&path, apps, max_bytes)?;
@@ -232,8 +261,37 @@ pub async fn run(
             (Box::new((0..n).map(move |i| synthetic_job(&s, i))), n)
         }
     };
-    let conn = amqp::connect(broker).await?;
-    let n = publish_jobs(&conn, queue, jobs, Some(total), progress).await;
+    let conn = amqp::connect(&cfg.broker).await?;
+    let n = match ready_queue(&conn, cfg, queue).await {
+        Ok(()) => publish_jobs(&conn, queue, jobs, Some(total), progress).await,
+        Err(e) => Err(e),
+    };
     amqp::close(&conn).await;
     n
+}
+
+/// The queue jobs go to exists: declared with the topology when `queues.declare` is
+/// on (as `run` does), else looked up, so that nothing is sent into the void.
+async fn ready_queue(conn: &Connection, cfg: &Config, queue: &str) -> Result<(), PublishCmdError> {
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(amqp::AmqpError::Channel)?;
+    if cfg.queues.declare {
+        amqp::declare_topology(&ch, &cfg.queues, &cfg.retry).await?;
+    }
+    let found = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await;
+    let _ = ch.close(200, "checked".into()).await;
+    found
+        .map(|_| ())
+        .map_err(|_| PublishCmdError::NoQueue(queue.to_string()))
 }

@@ -9,6 +9,7 @@
 //! | RetryLater, attempts left | publish to a delay queue (confirmed), then ack |
 //! | RetryLater, none left | dead-letter as `RetriesExhausted` with the last reason |
 //! | CredentialsBroken | park: back to a delay queue, not an attempt; the app pauses |
+//! | TokenThrottled (429 TooManyProviderTokenUpdates) | park, not an attempt; the app keeps sending (it pauses only if this lasts: `circuit`) |
 //! | invalid job | dead-letter as `InvalidJob` with the exact problem |
 //! | expired before sending | ack, counted as expired |
 //! | not sent: its broker session is gone | requeue (the broker has it back already) |
@@ -210,6 +211,10 @@ pub fn decide(outcome: &Outcome, ctx: &Context<'_>, rng: &mut fastrand::Rng) -> 
             delay: with_jitter(ctx.retry.park_delay_ms, rng),
             reason: reason_label(*status, reason.as_ref()),
         },
+        Outcome::TokenThrottled => Settlement::Park {
+            delay: with_jitter(ctx.retry.park_delay_ms, rng),
+            reason: "TooManyProviderTokenUpdates".into(),
+        },
         // The client refreshes and resends itself; reaching here means it could not.
         Outcome::RefreshToken => Settlement::Park {
             delay: with_jitter(ctx.retry.park_delay_ms, rng),
@@ -324,6 +329,16 @@ mod tests {
             (1, 1000, "ServiceUnavailable")
         );
         assert!(delay.ttl_ms <= 1000 && delay.ttl_ms > 750);
+
+        let Settlement::Park { delay, reason } = decide(&Outcome::TokenThrottled, &c, &mut rng)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (delay.level_ms, reason.as_str()),
+            (60_000, "TooManyProviderTokenUpdates"),
+            "a throttled token parks the job, not an attempt"
+        );
 
         let creds = Outcome::CredentialsBroken {
             status: 403,

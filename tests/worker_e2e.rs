@@ -371,11 +371,10 @@ async fn publish_checks_every_line_before_sending_anything() {
     .unwrap();
     let apps = apns_worker::job::AppDirectory::from_config(&cfg.apps);
     let err = apns_worker::publish::run(
-        &cfg.broker,
+        &cfg,
         &q.jobs,
         apns_worker::publish::Source::Jsonl(file.clone()),
         &apps,
-        65536,
         false,
     )
     .await
@@ -385,16 +384,34 @@ async fn publish_checks_every_line_before_sending_anything() {
     assert_eq!(broker::depth(&conn, &q.jobs).await, 0, "nothing published");
     std::fs::write(&file, format!("{good}\n{}\n", job(&token("33", 2), "p2"))).unwrap();
     let n = apns_worker::publish::run(
-        &cfg.broker,
+        &cfg,
         &q.jobs,
-        apns_worker::publish::Source::Jsonl(file),
+        apns_worker::publish::Source::Jsonl(file.clone()),
         &apps,
-        65536,
         false,
     )
     .await
     .unwrap();
     assert_eq!(n, 2);
+    // A queue that does not exist (and queues.declare off): one sentence, nothing sent.
+    let mut undeclared = cfg.clone();
+    undeclared.queues.declare = false;
+    let err = apns_worker::publish::run(
+        &undeclared,
+        "test.no-such-queue.for-publish",
+        apns_worker::publish::Source::Jsonl(file),
+        &apps,
+        false,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(
+        err.contains(
+            "queue \"test.no-such-queue.for-publish\" does not exist; nothing was published"
+        ),
+        "{err}"
+    );
     assert_eq!(broker::depth(&conn, &q.jobs).await, 2);
     let got = broker::drain_queue(&conn, &q.jobs).await;
     assert_eq!(

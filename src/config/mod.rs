@@ -307,6 +307,10 @@ pub struct CircuitSettings {
     /// First pause after credentials fail; doubles while probes keep failing.
     pub open_ms: u64,
     pub max_open_ms: u64,
+    /// An app whose every answer has been 429 TooManyProviderTokenUpdates for this
+    /// long is paused as for broken credentials (until then its refused jobs wait in
+    /// the park delay queue and the app keeps sending).
+    pub throttled_pause_ms: u64,
 }
 
 impl Default for CircuitSettings {
@@ -314,6 +318,7 @@ impl Default for CircuitSettings {
         CircuitSettings {
             open_ms: 10_000,
             max_open_ms: 300_000,
+            throttled_pause_ms: 20 * 60 * 1000,
         }
     }
 }

@@ -90,6 +90,9 @@ fn resource() -> opentelemetry_sdk::Resource {
         .build()
 }
 
+/// The filter directive that keeps lapin's returned-message lines (bodies) out.
+pub const QUIET_RETURNS: &str = "lapin::returned_messages=off";
+
 pub fn init_logging() -> Telemetry {
     init_logging_with("info")
 }
@@ -97,8 +100,12 @@ pub fn init_logging() -> Telemetry {
 /// As [`init_logging`], with another level when `RUST_LOG` is not set. Call it inside
 /// the Tokio runtime (the OTLP exporter needs one).
 pub fn init_logging_with(default_level: &str) -> Telemetry {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_level))
+        // lapin logs every message the broker returns (an unroutable mandatory
+        // publish) at WARN with its whole body: device tokens and payloads. Never
+        // shown, whatever RUST_LOG says; the worker logs its own line per return.
+        .add_directive(QUIET_RETURNS.parse().expect("a valid directive"));
     let json = match std::env::var("APNS_WORKER_LOG_FORMAT").as_deref() {
         Ok("json") => true,
         Ok("text") => false,

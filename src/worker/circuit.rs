@@ -4,6 +4,11 @@
 //! without being sent. After the open time, one job goes through as a probe (half-open);
 //! if APNs accepts the credentials it closes, otherwise it opens again for twice as long
 //! (up to a maximum). Other apps are not affected.
+//!
+//! 429 TooManyProviderTokenUpdates is not broken credentials: the app keeps sending
+//! (each refused job waits in a delay queue). Only if every answer of the app is that
+//! one for longer than `throttled_pause` does the circuit open, as for broken
+//! credentials: something else keeps minting tokens for the key.
 
 use std::collections::BTreeMap;
 use std::sync::{Mutex, MutexGuard};
@@ -34,16 +39,21 @@ pub struct Circuit {
     open_for: Duration,
     base: Duration,
     max: Duration,
+    /// Since when every answer has been TooManyProviderTokenUpdates.
+    throttled_since: Option<Instant>,
+    throttled_pause: Duration,
     pub trips: u64,
 }
 
 impl Circuit {
-    pub fn new(base: Duration, max: Duration) -> Circuit {
+    pub fn new(base: Duration, max: Duration, throttled_pause: Duration) -> Circuit {
         Circuit {
             state: State::Closed,
             open_for: base,
             base,
             max,
+            throttled_since: None,
+            throttled_pause,
             trips: 0,
         }
     }
@@ -74,6 +84,23 @@ impl Circuit {
         }
         self.state = State::Closed;
         self.open_for = self.base;
+        self.throttled_since = None;
+    }
+
+    /// APNs answered 429 TooManyProviderTokenUpdates. Returns true when this opened the
+    /// circuit (it has lasted longer than `throttled_pause`).
+    pub fn token_throttled(&mut self, now: Instant) -> bool {
+        let since = *self.throttled_since.get_or_insert(now);
+        if now.duration_since(since) < self.throttled_pause {
+            if self.state == State::HalfOpen {
+                // A probe that got this answer says nothing about the credentials.
+                self.probe_inconclusive(now);
+            }
+            return false;
+        }
+        let was_closed = self.state == State::Closed;
+        self.credentials_broken(now);
+        was_closed
     }
 
     /// APNs answered that the credentials are broken.
@@ -104,10 +131,18 @@ impl Circuit {
 pub struct Circuits(BTreeMap<String, Mutex<Circuit>>);
 
 impl Circuits {
-    pub fn new<'a>(apps: impl Iterator<Item = &'a String>, base: Duration, max: Duration) -> Self {
+    pub fn new<'a>(
+        apps: impl Iterator<Item = &'a String>,
+        base: Duration,
+        max: Duration,
+        throttled_pause: Duration,
+    ) -> Self {
         Circuits(
-            apps.map(|name| (name.clone(), Mutex::new(Circuit::new(base, max))))
-                .collect(),
+            apps.map(|name| {
+                let c = Circuit::new(base, max, throttled_pause);
+                (name.clone(), Mutex::new(c))
+            })
+            .collect(),
         )
     }
 
@@ -150,7 +185,7 @@ mod tests {
     fn opens_probes_and_closes() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
-        let mut c = Circuit::new(10 * s, 40 * s);
+        let mut c = Circuit::new(10 * s, 40 * s, 600 * s);
         assert_eq!(c.gate(t0), Gate::Send);
         c.credentials_broken(t0);
         assert_eq!(c.gate(t0 + s), Gate::Park);
@@ -178,7 +213,7 @@ mod tests {
     fn the_open_time_is_capped_and_reset() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
-        let mut c = Circuit::new(10 * s, 15 * s);
+        let mut c = Circuit::new(10 * s, 15 * s, 600 * s);
         c.credentials_broken(t0);
         let mut now = t0;
         for _ in 0..5 {
@@ -209,5 +244,26 @@ mod tests {
                 until: now + 10 * s
             }
         );
+    }
+
+    #[test]
+    fn a_throttled_token_pauses_the_app_only_when_it_lasts() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut c = Circuit::new(10 * s, 40 * s, 1200 * s);
+        assert!(!c.token_throttled(t0));
+        assert!(!c.token_throttled(t0 + 600 * s));
+        assert_eq!(c.gate(t0 + 600 * s), Gate::Send, "the app keeps sending");
+        c.credentials_ok();
+        assert!(
+            !c.token_throttled(t0 + 1300 * s),
+            "an accepted request reset it"
+        );
+        assert!(
+            c.token_throttled(t0 + 2500 * s),
+            "20 minutes of nothing else"
+        );
+        assert_eq!(c.gate(t0 + 2501 * s), Gate::Park);
+        assert_eq!(c.trips, 1);
     }
 }

@@ -312,6 +312,12 @@ async fn decide(
                         .app_paused(&job.app, 403, Some(&apns::Reason::ExpiredProviderToken));
                 }
             }
+            Outcome::TokenThrottled => {
+                if c.token_throttled(Instant::now()) {
+                    let reason = apns::Reason::TooManyProviderTokenUpdates;
+                    w.observer.app_paused(&job.app, 429, Some(&reason));
+                }
+            }
             Outcome::RetryLater(RetryCause::NotSent(_) | RetryCause::Unknown(_)) => {
                 if gate == Gate::Probe {
                     c.probe_inconclusive(Instant::now());

@@ -60,6 +60,7 @@ impl Worker {
                 cfg.apps.keys(),
                 Duration::from_millis(cfg.circuit.open_ms),
                 Duration::from_millis(cfg.circuit.max_open_ms),
+                Duration::from_millis(cfg.circuit.throttled_pause_ms),
             ),
             recent: Recent::new(cfg.worker.dedupe_capacity),
             client,

@@ -160,6 +160,9 @@ struct State {
     drop_pings: Arc<AtomicBool>,
     token_answers: Mutex<HashMap<String, u32>>,
     key_newest_iat: Mutex<HashMap<String, u64>>,
+    /// Every distinct provider token seen, by key id (a fleet that shares its tokens
+    /// shows one per period).
+    tokens_seen: Mutex<HashMap<String, std::collections::HashSet<Bytes>>>,
     client_certs: Mutex<HashMap<Vec<u8>, Vec<String>>>,
     received: Mutex<Vec<Received>>,
     stats: Mutex<MockStats>,
@@ -224,6 +227,7 @@ impl MockApns {
             drop_pings,
             token_answers: Mutex::new(HashMap::new()),
             key_newest_iat: Mutex::new(HashMap::new()),
+            tokens_seen: Mutex::new(HashMap::new()),
             client_certs: Mutex::new(HashMap::new()),
             received: Mutex::new(Vec::new()),
             stats: Mutex::new(MockStats::default()),
@@ -340,6 +344,16 @@ impl MockApns {
         let mut faults = self.faults();
         f(&mut faults);
         self.set_faults(faults)
+    }
+
+    /// How many distinct provider tokens of `key_id` were verified so far.
+    pub fn distinct_tokens(&self, key_id: &str) -> usize {
+        self.state
+            .tokens_seen
+            .lock()
+            .expect("tokens lock")
+            .get(key_id)
+            .map_or(0, |s| s.len())
     }
 
     pub fn stats(&self) -> MockStats {
@@ -998,6 +1012,13 @@ fn verify_token(
                 return Err((403, Reason::InvalidProviderToken));
             }
             let iat = claims.iat;
+            state
+                .tokens_seen
+                .lock()
+                .expect("tokens lock")
+                .entry(kid.clone())
+                .or_default()
+                .insert(Bytes::copy_from_slice(raw.as_bytes()));
             if state.token_update_min_secs > 0 {
                 let mut newest = state.key_newest_iat.lock().expect("iat lock");
                 let prev = newest.get(&kid).copied();

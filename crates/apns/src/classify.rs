@@ -26,6 +26,10 @@ pub enum Outcome {
     RefreshToken,
     /// The app's credentials or key mapping are broken, not the message: pause the app.
     CredentialsBroken { status: u16, reason: Option<Reason> },
+    /// 429 TooManyProviderTokenUpdates: the key's provider token changed too often
+    /// (several senders with the key each minting their own). The credentials are
+    /// fine: keep the token, mint nothing, wait and send again.
+    TokenThrottled,
 }
 
 /// Why a retry is due.
@@ -96,7 +100,7 @@ pub fn classify(resp: &ApnsResponse, ctx: Context) -> Outcome {
         (400 | 404 | 405 | 413, _) => Outcome::Rejected { status, reason },
         (403, Some(ExpiredProviderToken)) if ctx.can_refresh_token => Outcome::RefreshToken,
         (403, _) => Outcome::CredentialsBroken { status, reason },
-        (429, Some(TooManyProviderTokenUpdates)) => Outcome::CredentialsBroken { status, reason },
+        (429, Some(TooManyProviderTokenUpdates)) => Outcome::TokenThrottled,
         _ => retry(),
     }
 }
@@ -128,6 +132,7 @@ mod tests {
         Retry,
         Refresh,
         Credentials,
+        Throttled,
     }
 
     fn kind(o: &Outcome) -> Want {
@@ -138,6 +143,7 @@ mod tests {
             Outcome::RetryLater(_) => Want::Retry,
             Outcome::RefreshToken => Want::Refresh,
             Outcome::CredentialsBroken { .. } => Want::Credentials,
+            Outcome::TokenThrottled => Want::Throttled,
         }
     }
 
@@ -173,7 +179,7 @@ mod tests {
             (ExpiredToken, Want::TokenDead),
             (Unregistered, Want::TokenDead),
             (PayloadTooLarge, Want::Rejected),
-            (TooManyProviderTokenUpdates, Want::Credentials),
+            (TooManyProviderTokenUpdates, Want::Throttled),
             (TooManyRequests, Want::Retry),
             (InternalServerError, Want::Retry),
             (ServiceUnavailable, Want::Retry),

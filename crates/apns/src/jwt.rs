@@ -1,13 +1,27 @@
 //! Provider tokens: the ES256 JWT of token auth, one per (team id, key id), shared by
-//! every connection that uses the key, refreshed by the rules Apple sets.
+//! every connection that uses the key, refreshed by the rules Apple sets, and the same
+//! in every process that holds the key.
+//!
+//! One token per key for a whole fleet, without coordination: a token's `iat` is the
+//! start of the current period of a grid shared by every process (`iat = now - now %
+//! period`, the period inside Apple's 20-60 minute window, default 50 min), and ES256
+//! signatures are deterministic (RFC 6979: the nonce comes from the key and the
+//! message), so every process holding the key signs the byte-identical token for the
+//! same period, and a restarted process picks up the token it had. APNs sees one token
+//! per key per period: never an update sooner than 20 minutes, never a token older than
+//! the period (under 60 minutes).
+//!
+//! The clock assumption: the processes' clocks agree to within seconds (NTP). Around a
+//! period's boundary, for as long as two clocks disagree, some processes send the new
+//! period's token while others still send the old one; both are valid (the old one is
+//! less than a period old, the new one a whole period newer, at least 20 minutes).
+//! Every process must use the same period (`ClientSettings::token_refresh`).
 //!
 //! Rules (pure functions below, tested with a fake clock):
-//! - a token is used until it is `refresh_after` old (default 50 min), then replaced;
-//! - never replaced sooner than `min_interval` (20 min) after it was issued, or APNs
-//!   answers 429 TooManyProviderTokenUpdates;
-//! - `refresh_after` is at most 60 min, beyond which APNs answers 403 ExpiredProviderToken;
-//! - on 403 ExpiredProviderToken the caller may force one early refresh if the 20-minute
-//!   floor allows it; otherwise the clock is wrong and the app's credentials are broken.
+//! - a token is used until its period ends, then replaced by the next period's;
+//! - on 403 ExpiredProviderToken the caller may force one early refresh if the token is
+//!   at least 20 minutes old (an `iat` of now, off the grid: the clock or the grid is
+//!   wrong); otherwise the clock is wrong and the app's credentials are broken.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
@@ -37,7 +51,7 @@ impl Clock for SystemClock {
     }
 }
 
-/// When tokens are replaced.
+/// When tokens are replaced: `refresh_after` is the grid's period.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TokenPolicy {
     pub refresh_after: Duration,
@@ -70,9 +84,16 @@ impl TokenPolicy {
         })
     }
 
-    /// Is a token issued at `issued_at` due for replacement at `now`?
+    /// The start of the period `now` falls in: the `iat` of every process's token.
+    pub fn slot(&self, now: u64) -> u64 {
+        let period = self.refresh_after.as_secs().max(1);
+        now - now % period
+    }
+
+    /// Is a token issued at `issued_at` due for replacement at `now`: has a later
+    /// period begun? (A clock that went back keeps the token it has.)
     pub fn refresh_due(&self, issued_at: u64, now: u64) -> bool {
-        now.saturating_sub(issued_at) >= self.refresh_after.as_secs() || now < issued_at
+        self.slot(now) > issued_at
     }
 
     /// May a token issued at `issued_at` be replaced early at `now` (after 403 ExpiredProviderToken)?
@@ -184,7 +205,7 @@ impl TokenSigner {
             reason: e.to_string(),
         })?;
         let key = Secret::new(key);
-        let first = sign(team_id, key_id, &key, clock.now(), 0)?;
+        let first = sign(team_id, key_id, &key, policy.slot(clock.now()), 0)?;
         Ok(TokenSigner {
             team_id: team_id.into(),
             key_id: key_id.into(),
@@ -204,7 +225,7 @@ impl TokenSigner {
         &self.key_id
     }
 
-    /// The token to use now; replaced when it is `refresh_after` old.
+    /// The token to use now: this period's.
     pub fn current(&self) -> Result<Arc<ProviderToken>, JwtError> {
         let now = self.clock.now();
         {
@@ -213,7 +234,8 @@ impl TokenSigner {
                 return Ok(t.clone());
             }
         }
-        self.replace_if(|t| self.policy.refresh_due(t.issued_at, now))
+        let slot = self.policy.slot(now);
+        self.replace_if(slot, |t| self.policy.refresh_due(t.issued_at, now))
     }
 
     /// Age in seconds of the current token (for the JWT age metric).
@@ -234,14 +256,16 @@ impl TokenSigner {
         if !self.policy.early_refresh_allowed(used.issued_at, now) {
             return Ok(AfterExpired::TooSoon);
         }
-        self.replace_if(|t| t.generation <= used.generation)
+        self.replace_if(now, |t| t.generation <= used.generation)
             .map(AfterExpired::Resend)
     }
 
-    /// Replace the token if `stale` still holds under the refresh lock, so that many
-    /// requests noticing the same stale token sign only one new token.
+    /// Replace the token by one issued at `iat` if `stale` still holds under the
+    /// refresh lock, so that many requests noticing the same stale token sign only one
+    /// new token.
     fn replace_if(
         &self,
+        iat: u64,
         stale: impl Fn(&ProviderToken) -> bool,
     ) -> Result<Arc<ProviderToken>, JwtError> {
         let _one_signer = self.refresh_lock.lock().expect("refresh lock");
@@ -253,7 +277,7 @@ impl TokenSigner {
             &self.team_id,
             &self.key_id,
             &self.key,
-            self.clock.now(),
+            iat,
             cur.generation + 1,
         )?);
         *self.current.write().expect("token lock") = new.clone();
@@ -362,9 +386,14 @@ mod tests {
     #[test]
     fn policy_rules() {
         let p = TokenPolicy::default();
-        assert!(!p.refresh_due(1000, 1000 + 49 * MIN));
-        assert!(p.refresh_due(1000, 1000 + 50 * MIN));
-        assert!(p.refresh_due(1000, 999), "a clock that went back refreshes");
+        let start = 1_000 * 50 * MIN; // a period's start
+        assert_eq!(p.slot(start + 49 * MIN), start);
+        assert!(!p.refresh_due(start, start + 49 * MIN));
+        assert!(p.refresh_due(start, start + 50 * MIN), "the next period");
+        assert!(
+            !p.refresh_due(start, start - 1),
+            "a clock that went back keeps its token"
+        );
         assert!(!p.early_refresh_allowed(1000, 1000 + 19 * MIN));
         assert!(p.early_refresh_allowed(1000, 1000 + 20 * MIN));
         assert!(TokenPolicy::new(Duration::from_secs(19 * MIN)).is_err());
@@ -386,7 +415,7 @@ mod tests {
         )
         .unwrap();
         let t = s.current().unwrap();
-        let v = t.authorization().to_str().unwrap();
+        let v = t.authorization().to_str().unwrap().to_string();
         let jwt = v.strip_prefix("bearer ").unwrap();
         let header = jsonwebtoken::decode_header(jwt).unwrap();
         assert_eq!(header.alg, Algorithm::ES256);
@@ -400,9 +429,11 @@ mod tests {
             &val,
         )
         .unwrap();
+        let period_start = 1_700_000_000 - 1_700_000_000 % (50 * MIN);
         assert_eq!(
             data.claims,
-            serde_json::json!({"iss": "TEAM123456", "iat": 1_700_000_000u64})
+            serde_json::json!({"iss": "TEAM123456", "iat": period_start}),
+            "iat is the start of the shared period"
         );
         assert!(
             !format!("{t:?}").contains(jwt),
@@ -412,9 +443,63 @@ mod tests {
     }
 
     #[test]
+    fn two_signers_with_one_key_sign_the_same_token_in_a_period() {
+        let (key, _) = keypair();
+        let start = 20_000 * 50 * MIN;
+        let first = ManualClock::new(start + 3);
+        let a = TokenSigner::new(
+            "TEAM123456",
+            "KEY1234567",
+            &key,
+            TokenPolicy::default(),
+            first.clone(),
+        )
+        .unwrap();
+        // Another process, started 37 minutes later (or this one restarted).
+        let later = ManualClock::new(start + 37 * MIN);
+        let b = TokenSigner::new(
+            "TEAM123456",
+            "KEY1234567",
+            &key,
+            TokenPolicy::default(),
+            later.clone(),
+        )
+        .unwrap();
+        let text = |s: &TokenSigner| {
+            s.current()
+                .unwrap()
+                .authorization()
+                .to_str()
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            text(&a),
+            text(&b),
+            "byte-identical: deterministic ES256, shared iat"
+        );
+        // The next period: both move to the same new token.
+        first.set(start + 50 * MIN + 1);
+        later.set(start + 50 * MIN + 59);
+        assert_eq!(text(&a), text(&b));
+        assert_ne!(text(&a), {
+            first.set(start);
+            let c = TokenSigner::new(
+                "TEAM123456",
+                "KEY1234567",
+                &key,
+                TokenPolicy::default(),
+                first.clone(),
+            )
+            .unwrap();
+            text(&c)
+        });
+    }
+
+    #[test]
     fn refreshes_on_the_timer_and_shares_the_token() {
         let (key, _) = keypair();
-        let clock = ManualClock::new(1_000_000);
+        let clock = ManualClock::new(50 * MIN * 20);
         let s = TokenSigner::new(
             "TEAM123456",
             "KEY1234567",
@@ -433,7 +518,7 @@ mod tests {
         clock.advance(Duration::from_secs(MIN));
         let t1 = s.current().unwrap();
         assert_eq!(t1.generation, t0.generation + 1, "50 min: new token");
-        assert_eq!(t1.issued_at, 1_000_000 + 50 * MIN);
+        assert_eq!(t1.issued_at, 50 * MIN * 21);
         assert_eq!(
             s.current().unwrap().generation,
             t1.generation,
@@ -444,7 +529,7 @@ mod tests {
     #[test]
     fn expired_provider_token_refreshes_once_if_the_floor_allows() {
         let (key, _) = keypair();
-        let clock = ManualClock::new(1_000_000);
+        let clock = ManualClock::new(50 * MIN * 20);
         let s = TokenSigner::new(
             "TEAM123456",
             "KEY1234567",

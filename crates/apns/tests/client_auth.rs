@@ -6,6 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use apns::ClientSettings;
 use apns::classify::Outcome;
 use apns::jwt::ManualClock;
 use apns::response::Reason;
@@ -21,14 +22,35 @@ fn now() -> u64 {
 
 const MIN: u64 = 60;
 
+/// A provider-token period (`token_refresh`, in Apple's window, at least `min_period`)
+/// that has a period start in `lo..hi` (unix seconds): tokens' `iat`s are period
+/// starts, so a test that needs a token of a given age picks its period.
+fn period_with_start_in(lo: u64, hi: u64, min_period: u64) -> (u64, u64) {
+    (min_period.max(1200)..3600)
+        .find_map(|p| {
+            let start = hi - 1 - (hi - 1) % p;
+            (start >= lo).then_some((p, start))
+        })
+        .expect("some period has a start in the window")
+}
+
+fn with_period(p: u64) -> apns::ClientSettings {
+    apns::ClientSettings {
+        token_refresh: Duration::from_secs(p),
+        ..fast_settings()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_token_is_refreshed_on_its_timer() {
     let m = mock(Faults::default()).await;
     let app = m.token_app(TEAM, KEY, 1);
-    // The process's clock starts 55 minutes in the past, so the first token is 55 min
-    // old by the time the clock is set right.
-    let clock = ManualClock::new(now() - 55 * MIN);
-    let c = app_client_with_clock(&app, &fast_settings(), clock.clone());
+    // 20-minute periods; the process's clock starts in the previous period, so its
+    // first token is 20 to 40 minutes old by the time the clock is set right.
+    let settings = with_period(20 * MIN);
+    let previous = now() - now() % (20 * MIN) - 20 * MIN;
+    let clock = ManualClock::new(previous + 1);
+    let c = app_client_with_clock(&app, &settings, clock.clone());
     assert_eq!(
         c.send(&notification(&token("11", 1)))
             .await
@@ -41,20 +63,26 @@ async fn the_token_is_refreshed_on_its_timer() {
     assert_eq!(
         d.outcome,
         Outcome::Delivered,
-        "a refreshed token 55 min after the first is accepted"
+        "the next period's token, 20 minutes newer, is accepted"
     );
     assert_eq!(d.resends, 0);
-    assert!(c.token_ages()[0].1 < 5, "the new token is fresh");
+    assert!(
+        c.token_ages()[0].1 < 20 * MIN,
+        "the new token is this period's"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_provider_token_refreshes_once_then_resends() {
     let m = mock(Faults::default()).await;
     let app = m.token_app(TEAM, KEY, 1);
-    // A token 70 min old: APNs answers ExpiredProviderToken. By our clock it is brand
-    // new, so refreshing now would break the 20-minute floor: credentials problem.
-    let clock = ManualClock::new(now() - 70 * MIN);
-    let c = app_client_with_clock(&app, &fast_settings(), clock.clone());
+    // A token 60 to 85 min old: APNs answers ExpiredProviderToken. By our clock (at
+    // the start of its period) it is brand new, so refreshing now would break the
+    // 20-minute floor: credentials problem.
+    let (period, start) =
+        period_with_start_in(now() - 85 * MIN + 5, now() - 60 * MIN - 5, 26 * MIN);
+    let clock = ManualClock::new(start);
+    let c = app_client_with_clock(&app, &with_period(period), clock.clone());
     let d = c.send(&notification(&token("12", 1))).await.unwrap();
     assert_eq!(d.response.reason, Some(Reason::ExpiredProviderToken));
     assert!(
@@ -91,13 +119,26 @@ async fn apps_sharing_a_key_share_its_token() {
             .unwrap();
         assert_eq!(d.outcome, Outcome::Delivered);
     }
-    // Two signers for one key that do not share (two processes, or a bug) earn a 429
-    // when the second token comes within 20 minutes of the first.
-    let clock = ManualClock::new(now() + 60);
-    let lone = app_client_with_clock(&a, &fast_settings(), clock);
+    // Another process with the same key (its own signer, started at another moment of
+    // the same period): the same token, byte for byte, so APNs sees no update.
+    let ours = now() - now() % (50 * MIN);
+    let clock = ManualClock::new(ours + (now() - ours) / 2);
+    let other = app_client_with_clock(&a, &fast_settings(), clock);
+    let d = other.send(&notification(&token("13", 98))).await.unwrap();
+    assert_eq!(d.outcome, Outcome::Delivered, "{:?}", d.response);
+    // A process on another grid (a different token_refresh) mints another token within
+    // 20 minutes of this one's: 429 TooManyProviderTokenUpdates, which is not broken
+    // credentials.
+    let window_end = (ours + 20 * MIN).min(now() + 60);
+    let (period, _) = period_with_start_in(ours + 1, window_end, 1200);
+    let drifted = ClientSettings {
+        token_refresh: Duration::from_secs(period),
+        ..fast_settings()
+    };
+    let lone = app_client_with_clock(&a, &drifted, ManualClock::new(window_end - 1));
     let d = lone.send(&notification(&token("13", 99))).await.unwrap();
     assert_eq!(d.response.reason, Some(Reason::TooManyProviderTokenUpdates));
-    assert!(matches!(d.outcome, Outcome::CredentialsBroken { .. }));
+    assert_eq!(d.outcome, Outcome::TokenThrottled);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -138,6 +138,7 @@ async fn every_error_status_is_classified() {
             Outcome::Rejected { .. } => "rejected",
             Outcome::RetryLater(_) => "retry",
             Outcome::CredentialsBroken { .. } => "credentials",
+            Outcome::TokenThrottled => "throttled",
             Outcome::RefreshToken => "refresh",
         };
         assert_eq!(got, *want, "{status} {reason}");
