@@ -13,6 +13,7 @@ pub mod config;
 pub mod job;
 pub mod obs;
 pub mod publish;
+pub mod reload;
 pub mod run;
 pub mod settle;
 pub mod signals;

@@ -114,7 +114,7 @@ fn main() -> ExitCode {
             Command::Run { config } => {
                 let cfg =
                     Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
-                let summary = apns_worker::run::run(cfg, shutdown_signal())
+                let summary = apns_worker::run::run(cfg, config, shutdown_signal())
                     .await
                     .map_err(|e| e.to_string())?;
                 println!("{}", serde_json::to_string(&summary).unwrap_or_default());

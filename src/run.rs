@@ -1,8 +1,11 @@
 //! `apns-worker run`: the worker with its surroundings: the OTLP metrics exporter when
-//! configured, the admin endpoint, and the session loop until shutdown.
+//! configured, the admin endpoint, credential reloads, and the session loop until
+//! shutdown.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::config::{Config, ConfigError};
 use crate::obs::{self, Status};
@@ -19,7 +22,13 @@ pub enum RunError {
 }
 
 /// Run until `shutdown` resolves; then drain, requeue what is left, and return the summary.
-pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summary, RunError> {
+/// `path` is the config file the configuration came from (read again to reload
+/// credentials).
+pub async fn run(
+    cfg: Config,
+    path: Option<PathBuf>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Summary, RunError> {
     let worker = Worker::start(cfg)?;
     if obs::telemetry::otlp_metrics_on() {
         let status: Arc<dyn Status> = worker.clone();
@@ -36,7 +45,21 @@ pub async fn run(cfg: Config, shutdown: impl Future<Output = ()>) -> Result<Summ
         .await?;
         tokio::spawn(admin);
     }
+    let (stop_reload, reload_stopped) = tokio::sync::oneshot::channel::<()>();
+    let every = match worker.config().apns.credentials_check_secs {
+        0 => Duration::MAX / 4,
+        secs => Duration::from_secs(secs),
+    };
+    tokio::spawn(crate::reload::watch(
+        worker.clone(),
+        path,
+        every,
+        async move {
+            let _ = reload_stopped.await;
+        },
+    ));
     let summary = serve(worker, shutdown).await;
     let _ = stop_admin.send(());
+    let _ = stop_reload.send(());
     Ok(summary)
 }

@@ -343,6 +343,9 @@ pub struct ApnsSettings {
     pub reconnect_max_ms: u64,
     /// Provider token lifetime before replacement (Apple: 20 to 60 minutes).
     pub token_refresh_secs: u64,
+    /// Look at the apps' key, certificate, password and CA files this often, and
+    /// reload an app whose files changed (SIGHUP reloads at once). 0: SIGHUP only.
+    pub credentials_check_secs: u64,
 }
 
 impl Default for ApnsSettings {
@@ -357,6 +360,7 @@ impl Default for ApnsSettings {
             reconnect_min_ms: 1_000,
             reconnect_max_ms: 60_000,
             token_refresh_secs: 50 * 60,
+            credentials_check_secs: 10,
         }
     }
 }

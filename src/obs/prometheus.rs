@@ -37,6 +37,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    pub app: String,
+    /// `reloaded` or `failed` (the current credentials stay).
+    pub result: String,
+}
+
 /// The families the worker updates.
 #[derive(Debug)]
 pub struct Metrics {
@@ -45,6 +52,7 @@ pub struct Metrics {
     pub send_duration: Family<SendLabels, Histogram>,
     pub end_to_end: Histogram,
     pub dead_letters: Family<ReasonLabels, Counter>,
+    pub credential_reloads: Family<ReloadLabels, Counter>,
     /// Handles of the per-message hot series, so the common case neither allocates
     /// label strings nor looks the family up.
     hot: std::sync::RwLock<std::collections::HashMap<String, Hot>>,
@@ -103,12 +111,19 @@ impl Default for Metrics {
             "Dead letters published, by reason",
             dead_letters.clone(),
         );
+        let credential_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "apns_worker_credential_reloads",
+            "Reloads of an app's credentials (rotated key, certificate or password files, SIGHUP), by result",
+            credential_reloads.clone(),
+        );
         Metrics {
             registry,
             jobs,
             send_duration,
             end_to_end,
             dead_letters,
+            credential_reloads,
             hot: Default::default(),
             otel: Default::default(),
         }
@@ -198,6 +213,16 @@ impl Metrics {
                 &[opentelemetry::KeyValue::new("reason", reason.to_string())],
             );
         }
+    }
+
+    /// An app's credentials were reloaded (`ok`) or the new ones were refused.
+    pub fn credential_reload(&self, app: &str, ok: bool) {
+        self.credential_reloads
+            .get_or_create(&ReloadLabels {
+                app: app.to_string(),
+                result: if ok { "reloaded" } else { "failed" }.into(),
+            })
+            .inc();
     }
 
     pub fn job(&self, app: &str, outcome: &str, reason: &str) {

@@ -89,6 +89,17 @@ impl Worker {
         &self.cfg
     }
 
+    /// Give app `name` new credentials (and endpoint, connections, CA): new
+    /// connections use them at once, the old ones finish their streams and close. On
+    /// error the current ones stay.
+    pub fn replace_credentials(
+        &self,
+        name: &str,
+        app: &apns::AppSettings,
+    ) -> Result<(), ClientError> {
+        self.client.replace(name, app)
+    }
+
     /// The Prometheus families (and OTLP instruments, once attached).
     pub fn metrics(&self) -> &Metrics {
         self.observer.metrics()

@@ -13,7 +13,7 @@
 //! A request that was sent and got no answer is never resent here: it is `Unknown`.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -37,6 +37,8 @@ use crate::tls::{self, TlsError};
 pub enum ClientError {
     #[error("apps.{app}.endpoint: {authority:?} is not a host:port")]
     Endpoint { app: String, authority: String },
+    #[error("no app named {app:?} in this client")]
+    UnknownApp { app: String },
     #[error("apps.{app}: {source}")]
     Tls { app: String, source: TlsError },
     #[error("apps.{app}: {source}")]
@@ -390,7 +392,9 @@ impl AppClient {
 /// # Ok(()) }
 /// ```
 pub struct ApnsClient {
-    apps: BTreeMap<String, Arc<AppClient>>,
+    apps: BTreeMap<String, RwLock<Arc<AppClient>>>,
+    settings: ClientSettings,
+    clock: Arc<dyn Clock>,
 }
 
 impl ApnsClient {
@@ -412,13 +416,48 @@ impl ApnsClient {
         let mut out = BTreeMap::new();
         for (name, app) in apps {
             let c = AppClient::start(&name, &app, settings, &signers, clock.clone())?;
-            out.insert(name, Arc::new(c));
+            out.insert(name, RwLock::new(Arc::new(c)));
         }
-        Ok(ApnsClient { apps: out })
+        Ok(ApnsClient {
+            apps: out,
+            settings: *settings,
+            clock,
+        })
     }
 
-    pub fn apps(&self) -> impl Iterator<Item = &Arc<AppClient>> {
-        self.apps.values()
+    /// The apps' clients as they are now.
+    pub fn apps(&self) -> Vec<Arc<AppClient>> {
+        self.apps
+            .values()
+            .map(|a| a.read().expect("app lock").clone())
+            .collect()
+    }
+
+    fn app(&self, name: &str) -> Option<Arc<AppClient>> {
+        self.apps
+            .get(name)
+            .map(|a| a.read().expect("app lock").clone())
+    }
+
+    /// New credentials for an app (a rotated key or certificate): its new client
+    /// (credentials loaded, connections opening) takes every send from now on; the old
+    /// one's connections finish their streams within `request_timeout` and close. If
+    /// the new credentials cannot be loaded, the old ones stay and the error says why.
+    pub fn replace(&self, name: &str, app: &AppSettings) -> Result<(), ClientError> {
+        let slot = self.apps.get(name).ok_or_else(|| ClientError::UnknownApp {
+            app: name.to_string(),
+        })?;
+        let fresh = AppClient::start(
+            name,
+            app,
+            &self.settings,
+            &SignerRegistry::default(),
+            self.clock.clone(),
+        )?;
+        let old = std::mem::replace(&mut *slot.write().expect("app lock"), Arc::new(fresh));
+        let grace = self.settings.request_timeout + Duration::from_secs(1);
+        tokio::spawn(async move { old.close(grace).await });
+        Ok(())
     }
 
     /// Send one notification with the credentials of app `app`.
@@ -434,15 +473,24 @@ impl ApnsClient {
         proceed: impl Fn() -> bool,
     ) -> Result<Delivery, SendError> {
         let a = self
-            .apps
-            .get(app)
+            .app(app)
             .ok_or_else(|| SendError::UnknownApp(app.to_string()))?;
-        a.send_checked(n, proceed).await
+        match a.send_checked(n, &proceed).await {
+            // The app got new credentials while this one waited for a stream on the
+            // old connections (now closing): APNs never saw it; send it on the new ones.
+            Err(SendError::NotSent(_))
+                if self.app(app).is_some_and(|now| !Arc::ptr_eq(&now, &a)) =>
+            {
+                let now = self.app(app).expect("checked above");
+                now.send_checked(n, proceed).await
+            }
+            other => other,
+        }
     }
 
     /// Close every connection: in-flight requests get `grace` to finish.
     pub async fn close(&self, grace: Duration) {
-        for a in self.apps.values() {
+        for a in self.apps() {
             a.close(grace).await;
         }
     }

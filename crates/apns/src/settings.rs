@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use crate::endpoint::Endpoint;
 use crate::notification::topic_matches;
-use crate::secret::SecretSource;
+use crate::secret::{SecretError, SecretSource};
 use crate::tls::IdentitySource;
 
 /// One app (one set of credentials) and its connections.
@@ -52,6 +52,37 @@ impl AppSettings {
     /// Certificate auth with this TLS client identity.
     pub fn certificate(endpoint: Endpoint, identity: IdentitySource) -> Self {
         AppSettings::with_auth(endpoint, Auth::Certificate(identity))
+    }
+
+    /// A digest of everything that makes up the app's credentials and connections,
+    /// file contents included (read now; a file that cannot be read is an error). Two
+    /// equal digests mean nothing to reload. Secrets go into the digest, never out.
+    pub fn fingerprint(&self) -> Result<u64, SecretError> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.endpoint.to_string().hash(&mut h);
+        (self.connections, self.max_streams_per_connection).hash(&mut h);
+        if let Some(ca) = &self.ca_file {
+            SecretSource::File(ca.clone()).load()?.expose().hash(&mut h);
+        }
+        match &self.auth {
+            Auth::Token { team_id, keys } => {
+                team_id.hash(&mut h);
+                for k in keys {
+                    (&k.key_id, &k.topics).hash(&mut h);
+                    k.key.load()?.expose().hash(&mut h);
+                }
+            }
+            Auth::Certificate(IdentitySource::Pem { certificate, key }) => {
+                certificate.load()?.expose().hash(&mut h);
+                key.load()?.expose().hash(&mut h);
+            }
+            Auth::Certificate(IdentitySource::Pkcs12 { file, password }) => {
+                file.load()?.expose().hash(&mut h);
+                password.load()?.expose().hash(&mut h);
+            }
+        }
+        Ok(h.finish())
     }
 
     fn with_auth(endpoint: Endpoint, auth: Auth) -> Self {
