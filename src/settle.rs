@@ -13,6 +13,7 @@
 //! | invalid job | dead-letter as `InvalidJob` with the exact problem |
 //! | expired before sending | ack, counted as expired |
 //! | not sent: its broker session is gone | requeue (the broker has it back already) |
+//! | BadDeviceToken, but the other environment accepted it | environment-mismatch event, then ack |
 
 use std::time::Duration;
 
@@ -46,6 +47,40 @@ pub enum Settlement {
     Requeue {
         reason: &'static str,
     },
+    /// APNs called the token bad in the app's environment and the other environment
+    /// accepted the notification: publish this event (not a cleanup), then ack.
+    EnvironmentMismatch(MismatchEvent),
+}
+
+/// The environment-mismatch event (`schemas/environment-mismatch-event.schema.json`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MismatchEvent {
+    pub device_token: String,
+    pub topic: String,
+    pub app: String,
+    /// The app's endpoint, which answered BadDeviceToken.
+    pub configured_endpoint: String,
+    /// The other environment's endpoint, which accepted the notification.
+    pub accepted_by: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apns_id: Option<String>,
+    pub observed_at: String,
+}
+
+/// The settlement of a job whose token the other environment accepted.
+pub fn environment_mismatch(ctx: &Context<'_>, configured: &str, accepted_by: &str) -> Settlement {
+    Settlement::EnvironmentMismatch(MismatchEvent {
+        device_token: ctx.device_token.to_string(),
+        topic: ctx.topic.to_string(),
+        app: ctx.app.to_string(),
+        configured_endpoint: configured.to_string(),
+        accepted_by: accepted_by.to_string(),
+        job_id: ctx.job_id.map(str::to_owned),
+        apns_id: ctx.apns_id.clone(),
+        observed_at: humantime::format_rfc3339_millis(ctx.observed_at).to_string(),
+    })
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

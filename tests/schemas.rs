@@ -56,6 +56,9 @@ fn examples_validate_against_their_schemas() {
     let ev = validator("token-cleanup-event.schema.json");
     let v = load("schemas/examples/token-cleanup-event.json");
     assert!(errors(&ev, &v).is_empty(), "{:?}", errors(&ev, &v));
+    let env = validator("environment-mismatch-event.schema.json");
+    let v = load("schemas/examples/environment-mismatch-event.json");
+    assert!(errors(&env, &v).is_empty(), "{:?}", errors(&env, &v));
     let dl = validator("dead-letter-headers.schema.json");
     let v = load("schemas/examples/dead-letter-headers.json");
     assert!(errors(&dl, &v).is_empty(), "{:?}", errors(&dl, &v));

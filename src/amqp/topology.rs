@@ -114,6 +114,12 @@ pub async fn declare_topology(
         bind(ch, &q.cleanup_queue, &q.cleanup_exchange, "#").await?;
     }
 
+    declare_exchange(ch, &q.environment_exchange, ExchangeKind::Topic).await?;
+    if !q.environment_queue.is_empty() {
+        declare_queue(ch, &q.environment_queue, queue_args(q.jobs_type, &[])).await?;
+        bind(ch, &q.environment_queue, &q.environment_exchange, "#").await?;
+    }
+
     for level in delay_levels(r) {
         let args = queue_args(
             q.jobs_type,
@@ -141,8 +147,10 @@ impl Topology<'_> {
     pub fn queue_names(&self) -> Vec<String> {
         let q = self.queues;
         let mut names = vec![q.jobs.clone(), q.dead_letter_queue.clone()];
-        if !q.cleanup_queue.is_empty() {
-            names.push(q.cleanup_queue.clone());
+        for extra in [&q.cleanup_queue, &q.environment_queue] {
+            if !extra.is_empty() {
+                names.push(extra.clone());
+            }
         }
         names.extend(self.delay_queue_names());
         names
@@ -161,6 +169,7 @@ impl Topology<'_> {
         vec![
             self.queues.dead_letter_exchange.clone(),
             self.queues.cleanup_exchange.clone(),
+            self.queues.environment_exchange.clone(),
         ]
     }
 

@@ -42,6 +42,18 @@ pub struct AppConfig {
     /// Certificate auth.
     #[serde(default)]
     pub certificate: Option<CertificateConfig>,
+    /// Before a token APNs calls BadDeviceToken is reported for cleanup, send the
+    /// notification once to the other environment: accepted there, the token is valid
+    /// (sandbox vs production) and an environment-mismatch event is published instead.
+    /// Default: on for token auth against Apple's hosts (one key serves both
+    /// environments), off otherwise.
+    #[serde(default)]
+    pub environment_guard: Option<bool>,
+    /// The other environment's endpoint for the guard. Default: Apple's counterpart
+    /// (sandbox for production and the other way round); required with a custom
+    /// endpoint.
+    #[serde(default)]
+    pub other_endpoint: Option<Endpoint>,
 }
 
 fn default_connections() -> usize {
@@ -130,6 +142,30 @@ impl AppConfig {
                 topics: vec![],
             }],
             certificate: None,
+            environment_guard: None,
+            other_endpoint: None,
+        }
+    }
+
+    /// The other environment's endpoint when the environment guard is on.
+    pub fn guard_endpoint(&self, name: &str) -> Result<Option<Endpoint>, ConfigError> {
+        let token_auth = self.certificate.is_none();
+        let on = self
+            .environment_guard
+            .unwrap_or(token_auth && self.endpoint.counterpart().is_some());
+        if !on {
+            return Ok(None);
+        }
+        match self
+            .other_endpoint
+            .clone()
+            .or_else(|| self.endpoint.counterpart())
+        {
+            Some(e) => Ok(Some(e)),
+            None => Err(invalid(format!(
+                "apps.{name}.environment_guard needs apps.{name}.other_endpoint: {} is not one of Apple's hosts, so its other environment is not known",
+                self.endpoint
+            ))),
         }
     }
 
@@ -144,6 +180,7 @@ impl AppConfig {
         s.connections = self.connections;
         s.max_streams_per_connection = self.max_streams_per_connection;
         s.ca_file = self.ca_file.clone();
+        s.other_environment = self.guard_endpoint(name)?;
         Ok(s)
     }
 

@@ -31,6 +31,7 @@ impl Config {
             ("queues.dead_letter_exchange", &q.dead_letter_exchange),
             ("queues.dead_letter_queue", &q.dead_letter_queue),
             ("queues.cleanup_exchange", &q.cleanup_exchange),
+            ("queues.environment_exchange", &q.environment_exchange),
             ("queues.retry_prefix", &q.retry_prefix),
         ] {
             if v.is_empty() || v.len() > 200 {
@@ -102,6 +103,7 @@ impl Config {
                     )));
                 }
             }
+            app.guard_endpoint(name)?;
             if let apns::Auth::Token { keys, .. } = app.auth(name)? {
                 let scoped = keys.iter().filter(|k| k.topics.is_empty()).count();
                 if scoped > 1 {

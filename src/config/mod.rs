@@ -156,6 +156,12 @@ pub struct QueueSettings {
     /// Declared and bound to the cleanup exchange so no event is lost while nobody has
     /// bound a queue yet. Empty: not declared.
     pub cleanup_queue: String,
+    /// Where environment-mismatch events go (a token APNs called bad in the app's
+    /// environment, accepted by the other one): a topic exchange of its own, so that no
+    /// cleanup consumer mistakes one for a dead token.
+    pub environment_exchange: String,
+    /// Declared and bound to the environment exchange. Empty: not declared.
+    pub environment_queue: String,
     /// Delay queues are named `<retry_prefix>.<delay ms>`.
     pub retry_prefix: String,
     /// Declare the topology at start (idempotent). Off: it must already exist.
@@ -172,6 +178,8 @@ impl Default for QueueSettings {
             dead_letter_queue: "apns.jobs.dead-letter".into(),
             cleanup_exchange: "apns.token-cleanup".into(),
             cleanup_queue: "apns.token-cleanup".into(),
+            environment_exchange: "apns.environment-mismatch".into(),
+            environment_queue: "apns.environment-mismatch".into(),
             retry_prefix: "apns.jobs.retry".into(),
             declare: true,
         }
@@ -188,6 +196,8 @@ impl QueueSettings {
             dead_letter_queue: format!("{prefix}{}", d.dead_letter_queue),
             cleanup_exchange: format!("{prefix}{}", d.cleanup_exchange),
             cleanup_queue: format!("{prefix}{}", d.cleanup_queue),
+            environment_exchange: format!("{prefix}{}", d.environment_exchange),
+            environment_queue: format!("{prefix}{}", d.environment_queue),
             retry_prefix: format!("{prefix}{}", d.retry_prefix),
             ..d
         }

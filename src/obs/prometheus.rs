@@ -40,7 +40,8 @@ pub struct ReasonLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReloadLabels {
     pub app: String,
-    /// `reloaded` or `failed` (the current credentials stay).
+    /// Reloads: `reloaded` or `failed` (the current credentials stay). Environment
+    /// checks: `mismatch` or `dead`.
     pub result: String,
 }
 
@@ -53,6 +54,7 @@ pub struct Metrics {
     pub end_to_end: Histogram,
     pub dead_letters: Family<ReasonLabels, Counter>,
     pub credential_reloads: Family<ReloadLabels, Counter>,
+    pub environment_checks: Family<ReloadLabels, Counter>,
     /// Handles of the per-message hot series, so the common case neither allocates
     /// label strings nor looks the family up.
     hot: std::sync::RwLock<std::collections::HashMap<String, Hot>>,
@@ -117,7 +119,14 @@ impl Default for Metrics {
             "Reloads of an app's credentials (rotated key, certificate or password files, SIGHUP), by result",
             credential_reloads.clone(),
         );
+        let environment_checks = Family::<ReloadLabels, Counter>::default();
+        registry.register(
+            "apns_worker_environment_checks",
+            "Tokens APNs called BadDeviceToken, sent once to the app's other environment: mismatch (accepted there) or dead",
+            environment_checks.clone(),
+        );
         Metrics {
+            environment_checks,
             registry,
             jobs,
             send_duration,
@@ -213,6 +222,17 @@ impl Metrics {
                 &[opentelemetry::KeyValue::new("reason", reason.to_string())],
             );
         }
+    }
+
+    /// The environment guard's check of a token APNs called bad: `mismatch` (the
+    /// other environment accepted it) or `dead` (refused there too).
+    pub fn environment_check(&self, app: &str, mismatch: bool) {
+        self.environment_checks
+            .get_or_create(&ReloadLabels {
+                app: app.to_string(),
+                result: if mismatch { "mismatch" } else { "dead" }.into(),
+            })
+            .inc();
     }
 
     /// An app's credentials were reloaded (`ok`) or the new ones were refused.

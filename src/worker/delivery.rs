@@ -54,6 +54,27 @@ impl Decision {
     }
 }
 
+/// Is this APNs' 400 BadDeviceToken (which the environment guard looks into)?
+fn is_bad_device_token(o: &Outcome) -> bool {
+    matches!(
+        o,
+        Outcome::TokenDead {
+            status: 400,
+            reason: apns::Reason::BadDeviceToken,
+            ..
+        }
+    )
+}
+
+/// The endpoint an app sends to, as configured.
+fn endpoint_of(w: &Worker, app: &str) -> String {
+    w.config()
+        .apps
+        .get(app)
+        .map(|a| a.endpoint.to_string())
+        .unwrap_or_default()
+}
+
 /// How often a message looks again whether its twin in flight has its answer.
 const TWIN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -223,10 +244,12 @@ async fn decide(
             Claim::Known(entry) => {
                 // Settled already (the ack was lost): ack again. Not yet (a publish
                 // failed): carry out the same settlement again.
-                let settlement = if entry.settled {
-                    Settlement::Ack(AckKind::AlreadySettled)
-                } else {
-                    settle::decide(&entry.outcome, &ctx(), &mut rng)
+                let settlement = match (entry.settled, &entry.accepted_elsewhere) {
+                    (true, _) => Settlement::Ack(AckKind::AlreadySettled),
+                    (false, Some(by)) => {
+                        settle::environment_mismatch(&ctx(), &endpoint_of(w, &job.app), by)
+                    }
+                    (false, None) => settle::decide(&entry.outcome, &ctx(), &mut rng),
                 };
                 return Decision {
                     settlement,
@@ -326,8 +349,40 @@ async fn decide(
             _ => c.credentials_ok(),
         }
     }
-    w.recent.insert(key, outcome.clone());
-    let settlement = settle::decide(&outcome, &ctx(), &mut rng);
+    // The environment guard: a token called bad here may be good in the app's other
+    // environment (a sandbox token sent to production). Send it there once; accepted,
+    // it is no cleanup but an environment-mismatch event; not answered, a retry (the
+    // token is not reported dead on a doubt).
+    let mut outcome = outcome;
+    let mut accepted_elsewhere = None;
+    if is_bad_device_token(&outcome) {
+        match w.client.send_other_environment(&job.app, n).await {
+            None => {}
+            Some(Ok(d)) if d.outcome == Outcome::Delivered => {
+                accepted_elsewhere = w
+                    .config()
+                    .apps
+                    .get(&job.app)
+                    .and_then(|a| a.guard_endpoint(&job.app).ok().flatten())
+                    .map(|e| e.to_string());
+            }
+            Some(Ok(d))
+                if matches!(
+                    d.outcome,
+                    Outcome::TokenDead { .. } | Outcome::Rejected { .. }
+                ) => {}
+            Some(Ok(d)) => outcome = d.outcome,
+            Some(Err(e)) => outcome = e.outcome(),
+        }
+        w.observer
+            .environment_check(&job.app, accepted_elsewhere.is_some());
+    }
+    w.recent
+        .insert_answer(key, outcome.clone(), accepted_elsewhere.clone());
+    let settlement = match &accepted_elsewhere {
+        Some(by) => settle::environment_mismatch(&ctx(), &endpoint_of(w, &job.app), by),
+        None => settle::decide(&outcome, &ctx(), &mut rng),
+    };
     Decision {
         settlement,
         sent: Some(Sent {

@@ -76,6 +76,14 @@ pub async fn carry_out(
     }
     let result = match settlement {
         Settlement::Ack(_) | Settlement::Requeue { .. } => Ok(()),
+        Settlement::EnvironmentMismatch(ev) => {
+            let body = serde_json::to_vec(ev).expect("event serialises");
+            let id = Uuid::new_v4().to_string();
+            publish_retrying(s, &q.environment_exchange, &ev.topic, &body, || {
+                amqp::event_props(&id)
+            })
+            .await
+        }
         Settlement::Cleanup(ev) => {
             let body = serde_json::to_vec(ev).expect("event serialises");
             let id = Uuid::new_v4().to_string();

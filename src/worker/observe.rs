@@ -76,6 +76,7 @@ fn labels(s: &Settlement) -> (&'static str, &str) {
         Settlement::Retry { reason, .. } => ("retry", reason.as_str()),
         Settlement::Park { reason, .. } => ("park", reason.as_str()),
         Settlement::Requeue { reason } => ("requeued", reason),
+        Settlement::EnvironmentMismatch(_) => ("environment_mismatch", "BadDeviceToken"),
     }
 }
 
@@ -142,6 +143,7 @@ impl Observer {
                     }
                     Settlement::Retry { .. } => &st.retried,
                     Settlement::Park { .. } => &st.parked,
+                    Settlement::EnvironmentMismatch(_) => &st.environment_mismatches,
                     Settlement::Requeue { .. } => {
                         Stats::inc(&st.withdrawn);
                         &st.requeued
@@ -220,6 +222,12 @@ impl Observer {
         } else {
             event!(tracing::Level::INFO, "notification not delivered");
         }
+    }
+
+    /// The environment guard looked at a token APNs called bad: `mismatch` when the
+    /// other environment accepted it.
+    pub fn environment_check(&self, app: &str, mismatch: bool) {
+        self.metrics.environment_check(app, mismatch);
     }
 
     /// An app's credentials were found broken and its circuit opened.

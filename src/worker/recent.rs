@@ -25,6 +25,9 @@ use apns::classify::Outcome;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
     pub outcome: Outcome,
+    /// APNs called the token bad, and this other environment accepted the
+    /// notification (the environment guard): the settlement is a mismatch event.
+    pub accepted_elsewhere: Option<String>,
     /// The settlement's publishes were confirmed and its ack was sent.
     pub settled: bool,
 }
@@ -158,11 +161,17 @@ impl Recent {
 
     /// Remember the latest outcome of a notification; its settlement is under way.
     pub fn insert(&self, id: Key, outcome: Outcome) {
+        self.insert_answer(id, outcome, None);
+    }
+
+    /// As `insert`, for a token the other environment accepted.
+    pub fn insert_answer(&self, id: Key, outcome: Outcome, accepted_elsewhere: Option<String>) {
         if self.capacity == 0 {
             return;
         }
         let entry = Entry {
             outcome,
+            accepted_elsewhere,
             settled: false,
         };
         let mut g = self.inner.lock().expect("recent lock");
@@ -255,6 +264,7 @@ mod tests {
             r.claim(k, true),
             Claim::Known(Entry {
                 outcome: Outcome::Delivered,
+                accepted_elsewhere: None,
                 settled: false
             })
         );

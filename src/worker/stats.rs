@@ -12,6 +12,8 @@ pub struct Stats {
     pub received: AtomicU64,
     pub delivered: AtomicU64,
     pub token_cleanups: AtomicU64,
+    /// Tokens APNs called bad that the other environment accepted (event, no cleanup).
+    pub environment_mismatches: AtomicU64,
     pub retried: AtomicU64,
     pub parked: AtomicU64,
     pub expired: AtomicU64,
@@ -44,6 +46,7 @@ pub struct Summary {
     pub received: u64,
     pub delivered: u64,
     pub token_cleanups: u64,
+    pub environment_mismatches: u64,
     pub dead_lettered: BTreeMap<String, u64>,
     pub retried: u64,
     pub parked: u64,
@@ -65,7 +68,11 @@ impl Summary {
 
     /// Jobs that reached a terminal state (each counted once by this process).
     pub fn terminal(&self) -> u64 {
-        self.delivered + self.token_cleanups + self.dead_lettered_total() + self.expired
+        self.delivered
+            + self.token_cleanups
+            + self.environment_mismatches
+            + self.dead_lettered_total()
+            + self.expired
     }
 }
 
@@ -89,6 +96,7 @@ impl Stats {
             received: g(&self.received),
             delivered: g(&self.delivered),
             token_cleanups: g(&self.token_cleanups),
+            environment_mismatches: g(&self.environment_mismatches),
             dead_lettered: self.dead_letters.lock().expect("stats lock").clone(),
             retried: g(&self.retried),
             parked: g(&self.parked),

@@ -170,6 +170,7 @@ fn summary_from(v: &serde_json::Value) -> Summary {
         received: n("received"),
         delivered: n("delivered"),
         token_cleanups: n("token_cleanups"),
+        environment_mismatches: n("environment_mismatches"),
         dead_lettered: v
             .get("dead_lettered")
             .and_then(|d| d.as_object())

@@ -138,6 +138,16 @@ pub struct AppClient {
     authority: Authority,
     auth: Auth,
     opts: SendOptions,
+    /// The same credentials against the app's other environment, started on first use.
+    other: Option<OtherEnvironment>,
+}
+
+/// How to start the client of an app's other environment, and the client once started.
+struct OtherEnvironment {
+    settings: AppSettings,
+    client_settings: ClientSettings,
+    clock: Arc<dyn Clock>,
+    started: std::sync::OnceLock<Result<Arc<AppClient>, String>>,
 }
 
 impl std::fmt::Debug for AppClient {
@@ -214,12 +224,52 @@ impl AppClient {
             app: name.into(),
             authority,
         })?;
+        let other = app
+            .other_environment
+            .clone()
+            .map(|endpoint| OtherEnvironment {
+                settings: AppSettings {
+                    endpoint,
+                    other_environment: None,
+                    // One connection: it carries only the checks of tokens APNs calls bad.
+                    connections: 1,
+                    ..app.clone()
+                },
+                client_settings: *settings,
+                clock: clock.clone(),
+                started: std::sync::OnceLock::new(),
+            });
         Ok(AppClient {
             name: name.into(),
             endpoint: app.endpoint.clone(),
             authority,
             auth,
             opts: SendOptions::from(settings),
+            other,
+        })
+    }
+
+    /// Send `n` once to the app's other environment (`AppSettings::other_environment`),
+    /// with the same credentials: `None` when the app has none configured.
+    pub async fn send_other_environment(
+        &self,
+        n: &Notification,
+    ) -> Option<Result<Delivery, SendError>> {
+        let o = self.other.as_ref()?;
+        let client = o.started.get_or_init(|| {
+            AppClient::start(
+                &self.name,
+                &o.settings,
+                &o.client_settings,
+                &SignerRegistry::default(),
+                o.clock.clone(),
+            )
+            .map(Arc::new)
+            .map_err(|e| e.to_string())
+        });
+        Some(match client {
+            Ok(c) => c.send(n).await,
+            Err(e) => Err(SendError::NotSent(format!("the other environment: {e}"))),
         })
     }
 
@@ -365,6 +415,11 @@ impl AppClient {
         for p in self.pools() {
             p.close(grace).await;
         }
+        if let Some(Ok(other)) = self.other.as_ref().and_then(|o| o.started.get()) {
+            for p in other.pools() {
+                p.close(grace).await;
+            }
+        }
     }
 }
 
@@ -486,6 +541,15 @@ impl ApnsClient {
             }
             other => other,
         }
+    }
+
+    /// `AppClient::send_other_environment` of the app named `app`.
+    pub async fn send_other_environment(
+        &self,
+        app: &str,
+        n: &Notification,
+    ) -> Option<Result<Delivery, SendError>> {
+        self.app(app)?.send_other_environment(n).await
     }
 
     /// Close every connection: in-flight requests get `grace` to finish.

@@ -79,6 +79,18 @@ impl Endpoint {
         self.port
     }
 
+    /// Apple's other environment, on the same port: sandbox for production and the
+    /// other way round; `None` for a custom endpoint.
+    pub fn counterpart(&self) -> Option<Endpoint> {
+        let mut other = match self.kind {
+            EndpointKind::Production => Endpoint::sandbox(),
+            EndpointKind::Sandbox => Endpoint::production(),
+            EndpointKind::Custom => return None,
+        };
+        other.port = self.port;
+        Some(other)
+    }
+
     /// `host:port`, the value of the `:authority` pseudo-header and of the TCP connect.
     pub fn authority(&self) -> String {
         format!("{}:{}", self.host, self.port)

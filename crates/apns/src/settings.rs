@@ -35,6 +35,10 @@ pub struct AppSettings {
     /// An extra CA to trust besides the public roots (a mock APNs or a TLS proxy).
     /// Verification is never off.
     pub ca_file: Option<PathBuf>,
+    /// The app's other APNs environment, for [`crate::ApnsClient::send_other_environment`]
+    /// (is a token APNs calls bad in one environment good in the other?). Its
+    /// connection opens on first use. Default: none.
+    pub other_environment: Option<Endpoint>,
 }
 
 impl AppSettings {
@@ -61,6 +65,10 @@ impl AppSettings {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         self.endpoint.to_string().hash(&mut h);
+        self.other_environment
+            .as_ref()
+            .map(ToString::to_string)
+            .hash(&mut h);
         (self.connections, self.max_streams_per_connection).hash(&mut h);
         if let Some(ca) = &self.ca_file {
             SecretSource::File(ca.clone()).load()?.expose().hash(&mut h);
@@ -92,6 +100,7 @@ impl AppSettings {
             connections: 2,
             max_streams_per_connection: 1000,
             ca_file: None,
+            other_environment: None,
         }
     }
 }
