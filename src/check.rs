@@ -26,6 +26,10 @@ pub fn check_credentials(cfg: &Config) -> Result<(), CheckError> {
     cfg.broker
         .effective_url()
         .map_err(|e| CheckError::Broker(e.to_string()))?;
+    cfg.broker
+        .tls
+        .lapin_config()
+        .map_err(|e| CheckError::Broker(e.to_string()))?;
     let policy =
         TokenPolicy::new(Duration::from_secs(cfg.apns.token_refresh_secs)).map_err(|e| {
             CheckError::App {

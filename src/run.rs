@@ -19,6 +19,8 @@ pub enum RunError {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Admin(#[from] obs::admin::AdminError),
+    #[error(transparent)]
+    Broker(crate::amqp::AmqpError),
 }
 
 /// Run until `shutdown` resolves; then drain, requeue what is left, and return the summary.
@@ -30,6 +32,13 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Summary, RunError> {
     let worker = Worker::start(cfg)?;
+    // A broker that is down is waited for (the session loop retries); one whose TLS
+    // certificate is not trusted is a configuration error: say so now.
+    match crate::amqp::connect(&worker.config().broker).await {
+        Ok(conn) => crate::amqp::close(&conn).await,
+        Err(e @ crate::amqp::AmqpError::UntrustedBroker(_)) => return Err(RunError::Broker(e)),
+        Err(_) => {}
+    }
     if obs::telemetry::otlp_metrics_on() {
         let status: Arc<dyn Status> = worker.clone();
         worker

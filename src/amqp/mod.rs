@@ -22,6 +22,10 @@ pub enum AmqpError {
     Url(#[from] ConfigError),
     #[error("connecting to the broker failed: {0}")]
     Connect(lapin::Error),
+    #[error(
+        "the broker's TLS certificate is not trusted ({0}): set broker.tls.ca_file to the CA that signed it, and connect by a host name the certificate names"
+    )]
+    UntrustedBroker(lapin::Error),
     #[error("opening a channel failed: {0}")]
     Channel(lapin::Error),
     #[error(
@@ -46,14 +50,32 @@ pub(crate) fn text(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.to_string()))
 }
 
-/// Connect with the replica's name shown in the management UI.
+/// Connect with the replica's name shown in the management UI (and, for `amqps://`,
+/// the TLS settings of `broker.tls`).
 pub async fn connect(b: &BrokerSettings) -> Result<Connection, AmqpError> {
     let url = b.effective_url()?;
     let props =
         ConnectionProperties::default().with_connection_name(LongString::from(b.connection_name()));
-    Connection::connect(url.expose(), props)
+    let tls = b.tls.lapin_config()?;
+    let runtime = lapin::runtime::default_runtime().map_err(AmqpError::Connect)?;
+    Connection::connect_with_config(url.expose(), props, tls, runtime)
         .await
-        .map_err(AmqpError::Connect)
+        .map_err(|e| {
+            if is_untrusted_certificate(&e) {
+                AmqpError::UntrustedBroker(e)
+            } else {
+                AmqpError::Connect(e)
+            }
+        })
+}
+
+/// Did the TLS handshake fail because the broker's certificate is not trusted (or not
+/// for this host)? A configuration error, not an outage.
+fn is_untrusted_certificate(e: &lapin::Error) -> bool {
+    let text = e.to_string();
+    text.contains("invalid peer certificate")
+        || text.contains("UnknownIssuer")
+        || text.contains("NotValidForName")
 }
 
 /// A header value the worker adds.
