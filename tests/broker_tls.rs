@@ -16,7 +16,6 @@ use apns_mock::Faults;
 use apns_mock::certs::MockCa;
 use common::broker;
 use common::*;
-use rustls::pki_types::PrivateKeyDer;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,10 +36,7 @@ async fn terminator(ca: &MockCa) -> (u16, Arc<std::sync::atomic::AtomicU64>) {
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_client_cert_verifier(verifier)
-        .with_single_cert(
-            vec![server.cert_der.clone()],
-            PrivateKeyDer::from(server.key_der.clone_key()),
-        )
+        .with_single_cert(vec![server.cert_der.clone()], server.key_der.clone_key())
         .unwrap();
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -109,8 +105,7 @@ async fn amqps_with_a_private_ca_and_a_client_certificate() {
     let started = std::time::Instant::now();
     let e = apns_worker::run::run(bad, None, std::future::pending())
         .await
-        .err()
-        .expect("refused at start")
+        .expect_err("refused at start")
         .to_string();
     assert!(
         e.contains("the broker's TLS certificate is not trusted")
