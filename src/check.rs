@@ -81,7 +81,7 @@ pub async fn probe(cfg: &Config) -> Result<Vec<String>, Vec<String>> {
 
     let mut apps = Vec::new();
     for (name, app) in &cfg.apps {
-        match app.settings(name) {
+        match app.settings(name, &cfg.apns) {
             Ok(s) => apps.push((name.clone(), s)),
             Err(e) => return Err(vec![e.to_string()]),
         }

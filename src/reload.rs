@@ -44,7 +44,11 @@ impl Reloader {
             .apps
             .iter()
             .filter_map(|(name, app)| {
-                let fp = app.settings(name).ok()?.fingerprint().ok()?;
+                let fp = app
+                    .settings(name, &worker.config().apns)
+                    .ok()?
+                    .fingerprint()
+                    .ok()?;
                 Some((name.clone(), fp))
             })
             .collect();
@@ -79,7 +83,7 @@ impl Reloader {
             if (&before.topics, &before.default_topic) != (&app.topics, &app.default_topic) {
                 tracing::warn!(app = %name, "the app's topics changed: they apply from the next restart");
             }
-            let result = self.reload_app(worker, name, app);
+            let result = self.reload_app(worker, name, app, &cfg.apns);
             match &result {
                 Reloaded::Unchanged => {}
                 Reloaded::Reloaded => {
@@ -101,8 +105,9 @@ impl Reloader {
         worker: &Worker,
         name: &str,
         app: &crate::config::AppConfig,
+        apns: &crate::config::ApnsSettings,
     ) -> Reloaded {
-        let settings = match app.settings(name) {
+        let settings = match app.settings(name, apns) {
             Ok(s) => s,
             Err(e) => return self.refuse(name, 0, e.to_string()),
         };

@@ -54,6 +54,11 @@ pub struct AppConfig {
     /// endpoint.
     #[serde(default)]
     pub other_endpoint: Option<Endpoint>,
+    /// Reach APNs through this proxy (`http://[user:password@]host:port` for HTTP
+    /// CONNECT, `socks5://...`), or `direct`. Default: `apns.proxy`, else
+    /// `HTTPS_PROXY` unless `NO_PROXY` names the host.
+    #[serde(default)]
+    pub proxy: Option<Secret<String>>,
 }
 
 fn default_connections() -> usize {
@@ -144,6 +149,7 @@ impl AppConfig {
             certificate: None,
             environment_guard: None,
             other_endpoint: None,
+            proxy: None,
         }
     }
 
@@ -169,8 +175,37 @@ impl AppConfig {
         }
     }
 
+    /// The proxy this app's connections go through: its own `proxy`, else `global`
+    /// (`apns.proxy`), else `HTTPS_PROXY` (unless `NO_PROXY` names the host); `direct`
+    /// at either level means none.
+    pub fn proxy(
+        &self,
+        name: &str,
+        global: Option<&Secret<String>>,
+    ) -> Result<Option<apns::proxy::Proxy>, ConfigError> {
+        let (what, url) = match (&self.proxy, global) {
+            (Some(p), _) => (format!("apps.{name}.proxy"), p.expose().as_str()),
+            (None, Some(p)) => ("apns.proxy".to_string(), p.expose().as_str()),
+            (None, None) => {
+                return apns::proxy::Proxy::from_env(self.endpoint.host())
+                    .map_err(|e| invalid(format!("HTTPS_PROXY: {e}")));
+            }
+        };
+        if url.trim().eq_ignore_ascii_case("direct") {
+            return Ok(None);
+        }
+        url.parse()
+            .map(Some)
+            .map_err(|e| invalid(format!("{what}: {e}")))
+    }
+
     /// The APNs client's settings of this app, or a sentence that says what to fix.
-    pub fn settings(&self, name: &str) -> Result<AppSettings, ConfigError> {
+    /// `apns` gives the settings every app shares (the global proxy).
+    pub fn settings(
+        &self,
+        name: &str,
+        apns: &super::ApnsSettings,
+    ) -> Result<AppSettings, ConfigError> {
         let mut s = match self.auth(name)? {
             Auth::Token { team_id, keys } => {
                 AppSettings::token(self.endpoint.clone(), team_id, keys)
@@ -181,6 +216,7 @@ impl AppConfig {
         s.max_streams_per_connection = self.max_streams_per_connection;
         s.ca_file = self.ca_file.clone();
         s.other_environment = self.guard_endpoint(name)?;
+        s.proxy = self.proxy(name, apns.proxy.as_ref())?;
         Ok(s)
     }
 

@@ -104,6 +104,7 @@ impl Config {
                 }
             }
             app.guard_endpoint(name)?;
+            app.proxy(name, self.apns.proxy.as_ref())?;
             if let apns::Auth::Token { keys, .. } = app.auth(name)? {
                 let scoped = keys.iter().filter(|k| k.topics.is_empty()).count();
                 if scoped > 1 {

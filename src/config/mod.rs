@@ -446,6 +446,10 @@ pub struct ApnsSettings {
     /// Look at the apps' key, certificate, password and CA files this often, and
     /// reload an app whose files changed (SIGHUP reloads at once). 0: SIGHUP only.
     pub credentials_check_secs: u64,
+    /// Reach APNs through this outbound proxy (`http://[user:password@]host:port`,
+    /// `socks5://...`, or `direct`); an app's own `proxy` wins. Unset: `HTTPS_PROXY`
+    /// when set (and `NO_PROXY`). A secret (it may hold a password).
+    pub proxy: Option<Secret<String>>,
 }
 
 impl Default for ApnsSettings {
@@ -461,6 +465,7 @@ impl Default for ApnsSettings {
             reconnect_max_ms: 60_000,
             token_refresh_secs: 50 * 60,
             credentials_check_secs: 10,
+            proxy: None,
         }
     }
 }

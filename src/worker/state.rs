@@ -51,7 +51,7 @@ impl Worker {
         cfg.broker.effective_url()?;
         let mut apps = Vec::with_capacity(cfg.apps.len());
         for (name, app) in &cfg.apps {
-            apps.push((name.clone(), app.settings(name)?));
+            apps.push((name.clone(), app.settings(name, &cfg.apns)?));
         }
         let client = ApnsClient::start_with_clock(apps, &cfg.apns.client_settings(), clock)?;
         Ok(Arc::new(Worker {

@@ -180,6 +180,7 @@ impl AppClient {
                 ping_interval: settings.ping_interval,
                 ping_timeout: settings.ping_timeout,
                 max_streams: app.max_streams_per_connection,
+                proxy: app.proxy.clone(),
             },
             connections: app.connections,
             backoff_min: settings.reconnect_min,

@@ -39,6 +39,8 @@ pub struct ConnectOptions {
     pub ping_timeout: Duration,
     /// Our own ceiling on streams per connection, below the server's limit.
     pub max_streams: usize,
+    /// Reach the endpoint through this proxy (a TCP tunnel; TLS inside it).
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,8 @@ pub enum ConnectError {
         authority: String,
         source: io::Error,
     },
+    #[error(transparent)]
+    Proxy(crate::proxy::ProxyError),
     #[error("connecting to {authority} timed out after {after:?}")]
     Timeout { authority: String, after: Duration },
     #[error("{0:?} is not a valid TLS server name")]
@@ -319,16 +323,22 @@ impl Connection {
             authority: authority.clone(),
             after: timeout,
         };
-        let tcp = tokio::time::timeout(
-            timeout,
-            TcpStream::connect((opts.endpoint.host(), opts.endpoint.port())),
-        )
-        .await
-        .map_err(|_| timed_out())?
-        .map_err(|source| ConnectError::Tcp {
-            authority: authority.clone(),
-            source,
-        })?;
+        let tcp = match &opts.proxy {
+            Some(proxy) => proxy
+                .tunnel(opts.endpoint.host(), opts.endpoint.port(), timeout)
+                .await
+                .map_err(ConnectError::Proxy)?,
+            None => tokio::time::timeout(
+                timeout,
+                TcpStream::connect((opts.endpoint.host(), opts.endpoint.port())),
+            )
+            .await
+            .map_err(|_| timed_out())?
+            .map_err(|source| ConnectError::Tcp {
+                authority: authority.clone(),
+                source,
+            })?,
+        };
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from(opts.endpoint.host().to_string())
             .map_err(|_| ConnectError::ServerName(opts.endpoint.host().to_string()))?;

@@ -69,6 +69,7 @@ pub mod limiter;
 pub mod notification;
 pub mod payload;
 pub mod pool;
+pub mod proxy;
 pub mod response;
 pub mod secret;
 pub mod settings;

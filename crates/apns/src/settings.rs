@@ -39,6 +39,8 @@ pub struct AppSettings {
     /// (is a token APNs calls bad in one environment good in the other?). Its
     /// connection opens on first use. Default: none.
     pub other_environment: Option<Endpoint>,
+    /// Reach APNs through this outbound proxy. Default: none (direct).
+    pub proxy: Option<crate::proxy::Proxy>,
 }
 
 impl AppSettings {
@@ -69,6 +71,7 @@ impl AppSettings {
             .as_ref()
             .map(ToString::to_string)
             .hash(&mut h);
+        self.proxy.as_ref().map(ToString::to_string).hash(&mut h);
         (self.connections, self.max_streams_per_connection).hash(&mut h);
         if let Some(ca) = &self.ca_file {
             SecretSource::File(ca.clone()).load()?.expose().hash(&mut h);
@@ -101,6 +104,7 @@ impl AppSettings {
             max_streams_per_connection: 1000,
             ca_file: None,
             other_environment: None,
+            proxy: None,
         }
     }
 }

@@ -44,7 +44,7 @@ pub async fn sender_only(
         .generate_key(super::TEAM, super::KEY_ID)
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let app = bench_app(&mock, ca, connections, SecretSource::Value(pem.into()))
-        .settings("bench")
+        .settings("bench", &Default::default())
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     let apps = apns_worker::job::AppDirectory::permissive();
     let notes: Vec<_> = (0..n)

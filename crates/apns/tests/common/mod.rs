@@ -156,6 +156,7 @@ pub async fn raw_connection(m: &Mock) -> Arc<apns::connection::Connection> {
         ping_interval: Duration::from_secs(60),
         ping_timeout: Duration::from_secs(10),
         max_streams: 10,
+        proxy: None,
     };
     Connection::connect(1, &opts).await.unwrap()
 }
