@@ -12,6 +12,8 @@ use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Broker(String),
     #[error("apps.{app}: {message}")]
@@ -23,6 +25,7 @@ pub enum CheckError {
 /// Load every file the config names (the broker URL file, keys, certificates, CA
 /// files) as the worker would at start, without connecting anywhere.
 pub fn check_credentials(cfg: &Config) -> Result<(), CheckError> {
+    cfg.check_apps()?;
     cfg.broker
         .effective_url()
         .map_err(|e| CheckError::Broker(e.to_string()))?;

@@ -9,6 +9,12 @@ use apns_worker::publish::{Source, Synthetic};
 use apns_worker::signals::shutdown_signal;
 use clap::{Parser, Subcommand};
 
+mod fatal;
+mod healthcheck;
+
+use fatal::Fatal;
+use healthcheck::healthcheck;
+
 /// jemalloc: about 9% fewer instructions per notification than glibc's malloc in a
 /// worker's drain (callgrind), with a 1M-job drain's peak RSS at 48 MiB. mimalloc saved
 /// 2% more but held 67-71 MiB in a 100k-job drain. See docs/benchmarks.md.
@@ -70,6 +76,14 @@ enum Command {
         #[arg(long)]
         quiet: bool,
     },
+    /// Exit 0 when the worker on this machine is ready (GET its /readyz), 1 otherwise:
+    /// for container health checks where there is no shell or curl.
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:9090/readyz")]
+        url: String,
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Print the effective configuration (secrets redacted) and check it.
     CheckConfig {
         /// TOML config file; APNS_WORKER__SECTION__KEY variables override it.
@@ -108,15 +122,25 @@ fn main() -> ExitCode {
             .build(),
     }
     .expect("tokio runtime");
-    let result: Result<(), String> = rt.block_on(async move {
+    rt.block_on(async move {
         let _telemetry = apns_worker::obs::telemetry::init_logging();
-        match cli.command {
+        // Reported while the telemetry (which flushes on drop) is still up.
+        match command(cli.command).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(f) => f.report(),
+        }
+    })
+}
+
+async fn command(command: Command) -> Result<(), Fatal> {
+    {
+        match command {
             Command::Run { config } => {
                 let cfg =
-                    Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+                    Config::load(config.as_deref(), std::env::vars()).map_err(Fatal::config)?;
                 let summary = apns_worker::run::run(cfg, config, shutdown_signal())
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(Fatal::run)?;
                 println!("{}", serde_json::to_string(&summary).unwrap_or_default());
                 Ok(())
             }
@@ -132,7 +156,7 @@ fn main() -> ExitCode {
                 quiet,
             } => {
                 let cfg =
-                    Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+                    Config::load(config.as_deref(), std::env::vars()).map_err(Fatal::config)?;
                 let apps = if cfg.apps.is_empty() {
                     AppDirectory::permissive()
                 } else {
@@ -147,7 +171,11 @@ fn main() -> ExitCode {
                                     .values()
                                     .find_map(|a| a.default_topic().map(str::to_owned))
                             })
-                            .ok_or("give --topic (no app in the config has a default topic)")?;
+                            .ok_or_else(|| {
+                                Fatal::usage(
+                                    "give --topic (no app in the config has a default topic)",
+                                )
+                            })?;
                         Source::Synthetic(Synthetic {
                             count,
                             topic,
@@ -157,14 +185,16 @@ fn main() -> ExitCode {
                         })
                     }
                     (None, None) => {
-                        return Err("give --file (or --file - for stdin) or --synthetic N".into());
+                        return Err(Fatal::usage(
+                            "give --file (or --file - for stdin) or --synthetic N",
+                        ));
                     }
                 };
                 let queue = queue.unwrap_or_else(|| cfg.queues.jobs.clone());
                 let progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
                 let n = apns_worker::publish::run(&cfg, &queue, source, &apps, progress)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(Fatal::publish)?;
                 eprintln!("published {n} job(s) to {queue}");
                 Ok(())
             }
@@ -174,34 +204,28 @@ fn main() -> ExitCode {
                 static_only,
             } => {
                 let cfg =
-                    Config::load(config.as_deref(), std::env::vars()).map_err(|e| e.to_string())?;
+                    Config::load(config.as_deref(), std::env::vars()).map_err(Fatal::config)?;
                 if static_only {
-                    println!(
-                        "{}",
-                        toml::to_string_pretty(&cfg).map_err(|e| e.to_string())?
-                    );
+                    println!("{}", toml::to_string_pretty(&cfg).map_err(Fatal::config)?);
                     eprintln!(
                         "configuration parses: {} app(s) (files not read)",
                         cfg.apps.len()
                     );
                     return Ok(());
                 }
-                apns_worker::check::print_effective(&cfg).map_err(|e| e.to_string())?;
+                apns_worker::check::print_effective(&cfg).map_err(Fatal::config)?;
                 if probe {
                     match apns_worker::check::probe(&cfg).await {
                         Ok(lines) => lines.iter().for_each(|l| eprintln!("{l}")),
-                        Err(lines) => return Err(lines.join("\n")),
+                        Err(lines) => return Err(Fatal::config(lines.join("\n"))),
                     }
                 }
                 Ok(())
             }
-        }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
+            Command::Healthcheck { url, timeout_ms } => {
+                healthcheck(&url, std::time::Duration::from_millis(timeout_ms))
+                    .map_err(Fatal::runtime)
+            }
         }
     }
 }

@@ -34,8 +34,14 @@ pub async fn run(
     let worker = Worker::start(cfg)?;
     // A broker that is down is waited for (the session loop retries); one whose TLS
     // certificate is not trusted is a configuration error: say so now.
+    // So is a queue declared before with other arguments (a changed delivery_limit):
+    // the broker refuses to redeclare it, and retrying cannot help.
     match crate::amqp::connect(&worker.config().broker).await {
-        Ok(conn) => crate::amqp::close(&conn).await,
+        Ok(conn) => {
+            let declared = preflight_declare(&conn, worker.config()).await;
+            crate::amqp::close(&conn).await;
+            declared?;
+        }
         Err(e @ crate::amqp::AmqpError::UntrustedBroker(_)) => return Err(RunError::Broker(e)),
         Err(_) => {}
     }
@@ -71,4 +77,22 @@ pub async fn run(
     let _ = stop_admin.send(());
     let _ = stop_reload.send(());
     Ok(summary)
+}
+
+/// Declare the topology once before consuming; a declaration the broker refuses
+/// (PRECONDITION_FAILED: the queue exists with other arguments) is fatal.
+async fn preflight_declare(conn: &lapin::Connection, cfg: &Config) -> Result<(), RunError> {
+    if !cfg.queues.declare {
+        return Ok(());
+    }
+    let Ok(ch) = conn.create_channel().await else {
+        return Ok(());
+    };
+    match crate::amqp::declare_topology(&ch, &cfg.queues, &cfg.retry).await {
+        Err(e @ crate::amqp::AmqpError::ArgumentsDiffer { .. }) => Err(RunError::Broker(e)),
+        _ => {
+            let _ = ch.close(200, "declared".into()).await;
+            Ok(())
+        }
+    }
 }

@@ -11,6 +11,7 @@
 //! | CredentialsBroken | park: back to a delay queue, not an attempt; the app pauses |
 //! | TokenThrottled (429 TooManyProviderTokenUpdates) | park, not an attempt; the app keeps sending (it pauses only if this lasts: `circuit`) |
 //! | invalid job | dead-letter as `InvalidJob` with the exact problem |
+//! | names an app or topic this replica does not know | wait for the configuration: park, not an attempt, up to `retry.unknown_app_wait_ms`; then dead-letter as `InvalidJob` |
 //! | expired before sending | ack, counted as expired |
 //! | not sent: its broker session is gone | requeue (the broker has it back already) |
 //! | BadDeviceToken, but the other environment accepted it | environment-mismatch event, then ack |
@@ -50,6 +51,14 @@ pub enum Settlement {
     /// APNs called the token bad in the app's environment and the other environment
     /// accepted the notification: publish this event (not a cleanup), then ack.
     EnvironmentMismatch(MismatchEvent),
+    /// The job names an app or topic this replica's configuration does not know (yet,
+    /// in a rolling configuration change): back to a delay queue with
+    /// `x-apns-config-waits = waits`, not an attempt.
+    AwaitConfig {
+        waits: u32,
+        delay: DelayQueue,
+        reason: &'static str,
+    },
 }
 
 /// The environment-mismatch event (`schemas/environment-mismatch-event.schema.json`).
@@ -273,6 +282,42 @@ fn describe(cause: &RetryCause) -> String {
     }
 }
 
+/// How many times a job naming an unknown app or topic is parked before it is
+/// dead-lettered: enough parks of `park_delay_ms` to cover `unknown_app_wait_ms`.
+pub fn config_waits(r: &RetrySettings) -> u32 {
+    u32::try_from(r.unknown_app_wait_ms.div_ceil(r.park_delay_ms.max(1))).unwrap_or(u32::MAX)
+}
+
+/// A job that names an app (`reason` `UnknownApp`) or a topic (`UnknownTopic`) that
+/// this replica does not know, after `waits_before` parks: wait for a configuration
+/// rollout, or, once the wait is over, the dead letter of an invalid job.
+pub fn unknown_route(
+    reason: &'static str,
+    error: &str,
+    waits_before: u32,
+    attempts_before: u32,
+    r: &RetrySettings,
+    rng: &mut fastrand::Rng,
+) -> Settlement {
+    if waits_before < config_waits(r) {
+        return Settlement::AwaitConfig {
+            waits: waits_before + 1,
+            delay: with_jitter(r.park_delay_ms, rng),
+            reason,
+        };
+    }
+    let error = if waits_before == 0 {
+        error.to_string()
+    } else {
+        let waited = Duration::from_millis(r.unknown_app_wait_ms);
+        format!(
+            "{error} (waited {} for a configuration that knows it)",
+            humantime::format_duration(waited)
+        )
+    };
+    invalid_job(&error, attempts_before)
+}
+
 /// The dead letter of a job that cannot be decoded or validated.
 pub fn invalid_job(error: &str, attempts_before: u32) -> Settlement {
     Settlement::DeadLetter(DeadLetter {
@@ -389,6 +434,51 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_app_waits_for_the_configuration_then_is_dead_lettered() {
+        let r = RetrySettings {
+            park_delay_ms: 60_000,
+            unknown_app_wait_ms: 150_000,
+            ..RetrySettings::default()
+        };
+        assert_eq!(config_waits(&r), 3, "ceil(150 s / 60 s) parks");
+        let mut rng = fastrand::Rng::with_seed(9);
+        let err = "no app named \"eu\" is configured";
+        for before in 0..3 {
+            let Settlement::AwaitConfig {
+                waits,
+                delay,
+                reason,
+            } = unknown_route("UnknownApp", err, before, 2, &r, &mut rng)
+            else {
+                panic!("wait {before} should park")
+            };
+            assert_eq!(
+                (waits, delay.level_ms, reason),
+                (before + 1, 60_000, "UnknownApp")
+            );
+        }
+        let Settlement::DeadLetter(dl) = unknown_route("UnknownApp", err, 3, 2, &r, &mut rng)
+        else {
+            panic!("the wait is bounded")
+        };
+        assert_eq!((dl.reason.as_str(), dl.attempts), ("InvalidJob", 2));
+        assert_eq!(
+            dl.error,
+            "no app named \"eu\" is configured (waited 2m 30s for a configuration that knows it)"
+        );
+        let off = RetrySettings {
+            unknown_app_wait_ms: 0,
+            ..r
+        };
+        let Settlement::DeadLetter(dl) = unknown_route("UnknownTopic", err, 0, 0, &off, &mut rng)
+        else {
+            panic!("0 turns the wait off")
+        };
+        assert_eq!(dl.error, err);
+        assert!(delay_levels(&r).contains(&60_000));
+    }
+
+    #[test]
     fn retries_are_bounded_then_dead_lettered_with_the_last_reason() {
         let r = RetrySettings {
             max_attempts: 3,
@@ -430,6 +520,7 @@ mod tests {
             max_delay_ms: 10_000,
             park_delay_ms: 60_000,
             max_attempts: 20,
+            ..RetrySettings::default()
         };
         assert_eq!(
             delay_levels(&r),

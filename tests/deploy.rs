@@ -25,6 +25,18 @@ fn render(values: &[&str], set: &[&str]) -> std::process::Output {
     tools::run(&mut cmd)
 }
 
+/// The rendered config.toml as the pod reads it: with the broker URL from its Secret.
+fn parse_rendered(text: &str) -> Result<Config, String> {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, text).unwrap();
+    let env = [(
+        "APNS_WORKER__BROKER__URL".to_string(),
+        "amqps://apns:pw@rabbitmq.messaging:5671/%2f".to_string(),
+    )];
+    Config::load(Some(&file), env).map_err(|e| e.to_string())
+}
+
 fn kind<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
     docs.iter().find(|d| d["kind"] == kind)
 }
@@ -32,7 +44,11 @@ fn kind<'a>(docs: &'a [Value], kind: &str) -> Option<&'a Value> {
 #[test]
 fn the_helm_chart_lints_renders_and_validates() {
     let chart = root().join("helm/apns-worker");
-    for values in [vec![], vec!["full-values.yaml"], vec!["hpa-values.yaml"]] {
+    for values in [
+        vec!["minimal-values.yaml"],
+        vec!["full-values.yaml"],
+        vec!["hpa-values.yaml"],
+    ] {
         let mut lint = Command::new(tools::helm());
         lint.arg("lint").arg("--strict").arg(&chart);
         for v in &values {
@@ -60,8 +76,7 @@ fn the_helm_chart_lints_renders_and_validates() {
         let config = kind(&docs, "ConfigMap").unwrap()["data"]["config.toml"]
             .as_str()
             .unwrap();
-        let cfg = Config::from_toml(config, "rendered ConfigMap")
-            .unwrap_or_else(|e| panic!("{values:?}: {e}\n{config}"));
+        let cfg = parse_rendered(config).unwrap_or_else(|e| panic!("{values:?}: {e}\n{config}"));
         let d = kind(&docs, "Deployment").unwrap();
         let pod = &d["spec"]["template"]["spec"];
         let c = &pod["containers"][0];
@@ -127,12 +142,191 @@ fn the_helm_chart_lints_renders_and_validates() {
                     d["spec"].get("replicas").is_none(),
                     "the autoscaler owns replicas"
                 );
-                assert_eq!(cfg.apps.len(), 3);
+                assert_eq!(cfg.apps.len(), 4);
+                // A dotted app name is one app (a quoted TOML key), not a nested table.
+                assert!(cfg.apps.contains_key("shop.eu"), "{config}");
+                assert_eq!(cfg.worker.threads, 2);
+                assert_eq!(d["metadata"]["name"], "apns-push", "nameOverride");
+                // Dotted Secret names become valid volume names (DNS labels).
+                for v in pod["volumes"].as_array().unwrap() {
+                    let name = v["name"].as_str().unwrap();
+                    assert!(is_dns_label(name), "{name} is not a valid volume name");
+                }
+                assert!(
+                    pod["volumes"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|v| v["secret"]["secretName"] == "apns.shop-eu.key")
+                );
+                assert!(
+                    c["env"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .any(|e| e["name"] == "APNS_WORKER__APNS__PROXY"
+                            && e["valueFrom"]["secretKeyRef"]["name"] == "egress-proxy")
+                );
+                let tls = cfg
+                    .broker
+                    .tls
+                    .ca_file
+                    .as_ref()
+                    .unwrap()
+                    .display()
+                    .to_string();
+                assert!(tls.starts_with("/etc/apns-worker/secrets/rabbitmq-client.tls/"));
             }
             Some("hpa-values.yaml") => assert!(kind(&docs, "HorizontalPodAutoscaler").is_some()),
-            _ => assert_eq!(d["spec"]["replicas"], 2),
+            _ => {
+                assert_eq!(d["spec"]["replicas"], 2);
+                // Threads follow the CPU limit when not set.
+                assert_eq!(cfg.worker.threads, 1);
+                assert_eq!(
+                    kind(&docs, "PodDisruptionBudget").unwrap()["spec"]["unhealthyPodEvictionPolicy"],
+                    "AlwaysAllow",
+                    "unready pods (the broker down) must not block node drains"
+                );
+            }
         }
     }
+}
+
+/// Is `name` a DNS label (RFC 1123), as Kubernetes requires of volume names?
+fn is_dns_label(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 63
+        && n.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !n.starts_with('-')
+        && !n.ends_with('-')
+}
+
+/// Every setting under `v` as a dotted path; apps' names become `*`, arrays of tables
+/// `[]`.
+fn setting_paths(v: &Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let k = if prefix == "apps" { "*" } else { k.as_str() };
+                let path = if prefix.is_empty() {
+                    k.to_string()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match x {
+                    Value::Object(_) => setting_paths(x, &path, out),
+                    Value::Array(a) if a.first().is_some_and(Value::is_object) => {
+                        for t in a {
+                            setting_paths(t, &format!("{path}[]"), out);
+                        }
+                    }
+                    _ => {
+                        out.insert(path);
+                    }
+                }
+            }
+        }
+        _ => unreachable!("settings are tables"),
+    }
+}
+
+/// The chart README says every worker setting can be set from values: the settings the
+/// worker knows (its config, serialised with every optional field) against what the
+/// chart renders into config.toml and the environment, over the CI values files.
+#[test]
+fn every_worker_setting_is_reachable_from_values() {
+    use apns_worker::config::{AppConfig, CertificateConfig, KeyConfig};
+    use std::collections::BTreeSet;
+    let mut cfg = Config::default();
+    let mut token = AppConfig::token(
+        "sandbox".parse().unwrap(),
+        "T",
+        "K",
+        apns::SecretSource::File("k.p8".into()),
+        &["t"],
+    );
+    token.keys.push(KeyConfig {
+        key: Some(apns::Secret::new(String::new())),
+        ..token.keys[0].clone()
+    });
+    let cert = CertificateConfig {
+        cert_file: Some("c".into()),
+        cert: Some(apns::Secret::new(String::new())),
+        key_file: Some("k".into()),
+        key: Some(apns::Secret::new(String::new())),
+        pkcs12_file: Some("p".into()),
+        password: Some(apns::Secret::new(String::new())),
+        password_file: Some("pw".into()),
+    };
+    token.certificate = Some(cert);
+    cfg.apps.insert("a".into(), token);
+    let mut known = BTreeSet::new();
+    setting_paths(&serde_json::to_value(&cfg).unwrap(), "", &mut known);
+
+    let mut reachable = BTreeSet::new();
+    let renders: [(&[&str], &[&str]); 3] = [
+        (&["full-values.yaml"], &[]),
+        (
+            &["full-values.yaml"],
+            &[
+                "broker.tls.certKey=",
+                "broker.tls.keyKey=",
+                "broker.tls.pkcs12Key=client.p12",
+                "broker.tls.passwordKey=password",
+            ],
+        ),
+        (&[], &["worker.allowNoApps=true"]),
+    ];
+    for (values, set) in renders {
+        let out = render(values, set);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let docs = tools::yaml_docs(&String::from_utf8(out.stdout).unwrap());
+        let text = kind(&docs, "ConfigMap").unwrap()["data"]["config.toml"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        parse_rendered(&text).unwrap_or_else(|e| panic!("{set:?}: {e}\n{text}"));
+        let toml: toml::Value = toml::from_str(&text).unwrap();
+        setting_paths(&serde_json::to_value(toml).unwrap(), "", &mut reachable);
+        let d = kind(&docs, "Deployment").unwrap();
+        for e in d["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+        {
+            if let Some(k) = e["name"].as_str().unwrap().strip_prefix("APNS_WORKER__") {
+                reachable.insert(k.to_lowercase().replace("__", "."));
+            }
+        }
+    }
+    // Set another way on purpose: the broker URL comes from a Secret by environment
+    // (so url_file is not needed); inline secrets (keys, certificates, passwords) would
+    // put them in a ConfigMap, so the chart mounts files instead.
+    let other_ways = [
+        "broker.url_file",
+        "broker.tls.password",
+        "apps.*.keys[].key",
+        "apps.*.certificate.cert",
+        "apps.*.certificate.key",
+        "apps.*.certificate.password",
+    ];
+    let missing: Vec<_> = known
+        .iter()
+        .filter(|k| !reachable.contains(*k) && !other_ways.contains(&k.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "settings the chart cannot set: {missing:?}"
+    );
+    let unknown: Vec<_> = reachable.difference(&known).collect();
+    assert!(
+        unknown.is_empty(),
+        "rendered settings the worker does not know: {unknown:?}"
+    );
 }
 
 #[test]
@@ -140,10 +334,57 @@ fn the_chart_refuses_unsafe_values() {
     let out = render(&["hpa-values.yaml"], &["terminationGracePeriodSeconds=20"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("drainSecs"));
-    let out = render(&[], &["apps.x.endpoint=sandbox"]);
-    assert!(!out.status.success());
+    // The defaults have no app: a worker without one would dead-letter every job.
+    for cmd in ["lint", "template"] {
+        let mut c = Command::new(tools::helm());
+        c.arg(cmd).arg(root().join("helm/apns-worker"));
+        if cmd == "lint" {
+            c.arg("--strict");
+        }
+        let out = tools::run(&mut c);
+        assert!(!out.status.success(), "helm {cmd} accepted no apps");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(
+            text.contains("/apps") && text.contains("minProperties"),
+            "{text}"
+        );
+    }
+    let out = render(&[], &["worker.allowNoApps=true"]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("needs keys (token auth) or certificate")
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // values.schema.json: unknown keys and wrong types fail before anything renders.
+    for (set, says) in [
+        (
+            "worker.ackBatchh=5",
+            "additional properties 'ackBatchh' not allowed",
+        ),
+        ("broker.prefetch=lots", "at '/broker/prefetch'"),
+        ("queues.jobsType=lazy", "at '/queues/jobsType'"),
+        ("apps.shop.endpiont=sandbox", "'endpiont' not allowed"),
+        ("replicaCount=-1", "at '/replicaCount'"),
+    ] {
+        let out = render(&["minimal-values.yaml"], &[set]);
+        assert!(!out.status.success(), "{set} rendered");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{set}: {err}");
+        let mut lint = Command::new(tools::helm());
+        lint.args(["lint", "--strict"])
+            .arg(root().join("helm/apns-worker"))
+            .arg("-f")
+            .arg(root().join("helm/apns-worker/ci/minimal-values.yaml"))
+            .args(["--set", set]);
+        assert!(!tools::run(&mut lint).status.success(), "lint passed {set}");
+    }
+    let out = render(&["minimal-values.yaml"], &["apps.x.endpoint=sandbox"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("at '/apps/x': missing properties 'keys', 'teamId'"),
+        "{err}"
     );
 }
 

@@ -110,6 +110,18 @@ async fn metrics_show_the_counts_of_a_mixed_run() {
     assert_eq!(job("retry", "ServiceUnavailable"), s.retried);
     assert_eq!(job("dead_letter", "InvalidJob"), 1, "{text}");
     assert_eq!(
+        v[&format!(
+            r#"apns_worker_build_info{{version="{}"}}"#,
+            env!("CARGO_PKG_VERSION")
+        )],
+        1.0
+    );
+    // The app trusts the mock's CA (rcgen's default validity ends 4096-01-01).
+    assert_eq!(
+        v[r#"apns_worker_certificate_expiry_timestamp_seconds{app="shop",certificate="ca"}"#],
+        67_090_118_400.0
+    );
+    assert_eq!(
         v[r#"apns_worker_jobs_total{app="",outcome="dead_letter",reason="InvalidJob"}"#] as u64,
         1
     );
@@ -184,6 +196,66 @@ async fn readyz_follows_the_broker_and_healthz_answers() {
     proxy.restore();
     wait_for(200).await;
     assert_eq!(get(admin, "/nope").await.0, 404);
+    w.stop().await;
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}
+
+/// Reconnects do not add series: the `connection` label is the pool's slot, not a
+/// number that grows with every new connection. Prometheus keeps every series it ever
+/// scraped, so what matters is the union over the run's scrapes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_series_stay_bounded_through_reconnects() {
+    let m = mock(Faults {
+        // Every connection is sent away after 40 answers: dozens of reconnects.
+        goaway_after: Some(40),
+        ..Faults::default()
+    })
+    .await;
+    let q = broker::topology("metrics-series");
+    let cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 2))]);
+    let conn = broker::connect().await;
+    let w = broker::start(cfg.clone()).await;
+    let admin = start_admin(&w);
+    let jobs = (0..3000u64)
+        .map(|i| {
+            serde_json::json!({"id": format!("s{i}"), "device_token": token("0b", i), "topic": TOPIC, "payload": {}})
+                .to_string()
+        })
+        .collect();
+    broker::publish_jobs(&conn, &q.jobs, jobs).await;
+    let mut series = std::collections::BTreeSet::new();
+    let mut connections = std::collections::BTreeSet::new();
+    let mut scrapes = 0;
+    while w.terminal() < 3000 {
+        let (_, text) = get(admin, "/metrics").await;
+        scrapes += 1;
+        for k in samples(&text).into_keys() {
+            if let Some(i) = k.find("connection=\"") {
+                let rest = &k[i + 12..];
+                connections.insert(rest[..rest.find('"').unwrap()].to_string());
+            }
+            series.insert(k);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (_, text) = get(admin, "/metrics").await;
+    let v = samples(&text);
+    let connects = v[r#"apns_worker_apns_connects_total{app="shop",scope="KEY1234567"}"#];
+    assert!(connects >= 20.0, "the run should reconnect often: {connects}");
+    println!(
+        "{scrapes} scrapes, {connects} connections opened: {} series in all, connection labels {connections:?}",
+        series.len()
+    );
+    assert!(
+        connections.iter().all(|c| c == "0" || c == "1"),
+        "connection labels beyond the 2 slots: {connections:?}"
+    );
+    let final_series = v.len();
+    assert!(
+        series.len() <= final_series + 8,
+        "series kept appearing: {} over the run, {final_series} at the end",
+        series.len()
+    );
     w.stop().await;
     broker::delete_topology(&conn, &q, &cfg.retry).await;
 }

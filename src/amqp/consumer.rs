@@ -111,6 +111,7 @@ impl Incoming {
             hop: value("x-apns-hop"),
             apns_id: value("x-apns-id"),
             lineage: value("x-apns-lineage"),
+            config_waits: value("x-apns-config-waits"),
             dead_letter_id: value("x-apns-dead-letter-id"),
             death: self.newest_death(),
         }
@@ -212,6 +213,7 @@ impl Incoming {
 /// Headers a dead letter does not carry (`dead_letter_props`).
 const DEAD_LETTER_DROPS: &[&str] = &[
     "x-death",
+    "x-apns-config-waits",
     "x-first-death-exchange",
     "x-first-death-queue",
     "x-first-death-reason",

@@ -29,8 +29,14 @@ pub enum AmqpError {
     #[error("opening a channel failed: {0}")]
     Channel(lapin::Error),
     #[error(
-        "declaring {what} {name:?} failed: {source} (if it exists with other arguments, delete it or set queues.declare = false)"
+        "{what} {name:?} already exists with other arguments than this configuration declares ({detail}); RabbitMQ cannot change a queue's arguments in place: set the queues.* and retry.* settings back to the values it was declared with, or move its messages away and delete it so that it is declared anew, or set queues.declare = false and manage the topology yourself"
     )]
+    ArgumentsDiffer {
+        what: &'static str,
+        name: String,
+        detail: String,
+    },
+    #[error("declaring {what} {name:?} failed: {source}")]
     Declare {
         what: &'static str,
         name: String,

@@ -48,11 +48,26 @@ async fn declare_queue(ch: &Channel, name: &str, args: FieldTable) -> Result<(),
     )
     .await
     .map(|_| ())
-    .map_err(|source| AmqpError::Declare {
-        what: "queue",
+    .map_err(|source| declare_error("queue", name, source))
+}
+
+/// A refused declaration: PRECONDITION_FAILED (406) means the queue or exchange
+/// exists with other arguments, which no retry can fix.
+fn declare_error(what: &'static str, name: &str, source: lapin::Error) -> AmqpError {
+    if let lapin::ErrorKind::ProtocolError(e) = source.kind() {
+        if e.get_id() == 406 {
+            return AmqpError::ArgumentsDiffer {
+                what,
+                name: name.into(),
+                detail: e.get_message().to_string(),
+            };
+        }
+    }
+    AmqpError::Declare {
+        what,
         name: name.into(),
         source,
-    })
+    }
 }
 
 async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind) -> Result<(), AmqpError> {
@@ -66,11 +81,7 @@ async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind) -> Resul
         FieldTable::default(),
     )
     .await
-    .map_err(|source| AmqpError::Declare {
-        what: "exchange",
-        name: name.into(),
-        source,
-    })
+    .map_err(|source| declare_error("exchange", name, source))
 }
 
 async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), AmqpError> {

@@ -6,6 +6,17 @@ use std::time::Duration;
 use super::{Config, ConfigError, invalid};
 
 impl Config {
+    /// A worker needs an app to send with: with none, every job would be
+    /// dead-lettered as InvalidJob. `worker.allow_no_apps` says that is intended.
+    pub fn check_apps(&self) -> Result<(), ConfigError> {
+        if self.apps.is_empty() && !self.worker.allow_no_apps {
+            return Err(invalid(
+                "no app is configured, so every job would be dead-lettered as InvalidJob: add an [apps.<name>] section with its credentials (or set worker.allow_no_apps = true for a broker-only smoke test)",
+            ));
+        }
+        Ok(())
+    }
+
     /// Every check that does not need the network or the files' contents.
     pub fn check(&self) -> Result<(), ConfigError> {
         let b = &self.broker;

@@ -48,9 +48,64 @@ impl Config {
             }
             None => (toml::Table::new(), "<defaults>".to_string()),
         };
-        overlay_env(&mut table, env)?;
-        Config::from_table(table, &origin)
+        let env: Vec<(String, String)> = env.into_iter().collect();
+        let file_only = table.clone();
+        overlay_env(&mut table, env.clone())?;
+        let parsed: Result<Config, toml::de::Error> = toml::Value::Table(table).try_into();
+        match parsed {
+            Ok(cfg) => {
+                cfg.check()?;
+                Ok(cfg)
+            }
+            Err(e) => Err(blame(file_only, &env, &origin, e)),
+        }
     }
+}
+
+/// Which source a configuration that does not deserialize comes from: the first
+/// `APNS_WORKER__*` variable after which it stops deserializing (so the error names the
+/// variable), else the file.
+fn blame(
+    mut table: toml::Table,
+    env: &[(String, String)],
+    origin: &str,
+    whole: toml::de::Error,
+) -> ConfigError {
+    let file_fails = toml::Value::Table(table.clone())
+        .try_into::<Config>()
+        .is_err();
+    if !file_fails {
+        let mut vars: Vec<&(String, String)> = env
+            .iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        vars.sort();
+        for (var, value) in vars {
+            if overlay_env(&mut table, [(var.clone(), value.clone())]).is_err() {
+                continue;
+            }
+            if let Err(e) = toml::Value::Table(table.clone()).try_into::<Config>() {
+                return ConfigError::Env {
+                    var: var.clone(),
+                    message: one_line(&e),
+                };
+            }
+        }
+    }
+    ConfigError::Toml {
+        path: origin.into(),
+        message: one_line(&whole),
+    }
+}
+
+/// A TOML error on one line.
+fn one_line(e: &toml::de::Error) -> String {
+    e.to_string()
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Apply `APNS_WORKER__A__B=value` as `a.b = value`. Values are read as TOML when they

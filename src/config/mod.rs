@@ -305,6 +305,10 @@ pub struct RetrySettings {
     pub max_delay_ms: u64,
     /// Delay before a job of an app with broken credentials is looked at again.
     pub park_delay_ms: u64,
+    /// How long a job naming an app or topic this replica does not know waits (parked,
+    /// every `park_delay_ms`) for a configuration rollout to bring it, before it is
+    /// dead-lettered as InvalidJob. 0: dead-letter at once.
+    pub unknown_app_wait_ms: u64,
 }
 
 impl Default for RetrySettings {
@@ -314,6 +318,7 @@ impl Default for RetrySettings {
             base_delay_ms: 1_000,
             max_delay_ms: 300_000,
             park_delay_ms: 60_000,
+            unknown_app_wait_ms: 600_000,
         }
     }
 }
@@ -340,6 +345,9 @@ pub struct WorkerSettings {
     /// cross-thread wake-ups, no contention on h2's per-connection lock. 0: one thread
     /// per core. N: N threads.
     pub threads: usize,
+    /// Run with no app configured (a broker-only smoke test). Without it, a worker with
+    /// no app refuses to start: every job would be dead-lettered as InvalidJob.
+    pub allow_no_apps: bool,
 }
 
 impl Default for WorkerSettings {
@@ -351,6 +359,7 @@ impl Default for WorkerSettings {
             max_job_bytes: 64 * 1024,
             dedupe_capacity: 20_000,
             threads: 1,
+            allow_no_apps: false,
         }
     }
 }

@@ -158,3 +158,23 @@ fn a_broker_url_that_does_not_parse_fails_without_printing_it() {
         assert!(!e.contains("pw"), "the password leaked: {e}");
     }
 }
+
+#[test]
+fn a_wrong_environment_variable_is_named() {
+    let env = vec![
+        (
+            "APNS_WORKER__WORKER__ACK_BATCH".to_string(),
+            "64".to_string(),
+        ),
+        (
+            "APNS_WORKER__BROKER__PREFETCH".to_string(),
+            "lots".to_string(),
+        ),
+    ];
+    let e = Config::load(None, env).unwrap_err().to_string();
+    assert!(
+        e.starts_with("environment variable APNS_WORKER__BROKER__PREFETCH:"),
+        "{e}"
+    );
+    assert!(!e.contains("<defaults>"), "{e}");
+}

@@ -1,7 +1,7 @@
 //! The worker's own headers, read only where the worker wrote them. A retry or park is
 //! a new message that the worker publishes to one of its delay queues with
-//! `x-attempts`, `x-apns-hop`, `x-apns-lineage` and, for jobs without an id,
-//! `x-apns-id`; RabbitMQ moves it back to the jobs queue when its TTL
+//! `x-attempts`, `x-apns-hop`, `x-apns-lineage`, `x-apns-config-waits` and, for jobs
+//! without an id, `x-apns-id`; RabbitMQ moves it back to the jobs queue when its TTL
 //! expires, and records that move in `x-death`. Those headers are trusted only on a
 //! message whose newest `x-death` entry says it expired in one of this worker's delay
 //! queues (`<retry_prefix>.<ms>`). On any other message (a new job, a producer that set
@@ -48,6 +48,7 @@ pub struct Headers<'a> {
     pub apns_id: Option<Value<'a>>,
     pub lineage: Option<Value<'a>>,
     pub dead_letter_id: Option<Value<'a>>,
+    pub config_waits: Option<Value<'a>>,
     /// The newest `x-death` entry: (queue, reason).
     pub death: Option<(&'a str, &'a str)>,
 }
@@ -65,6 +66,8 @@ pub struct Control {
     pub lineage: u64,
     /// The message came back from one of this worker's delay queues.
     pub from_delay_queue: bool,
+    /// Parks so far waiting for a configuration that knows the job's app or topic.
+    pub config_waits: u32,
 }
 
 /// A header on a copy from the worker's delay queue that the worker did not write.
@@ -116,6 +119,7 @@ pub fn read(h: &Headers<'_>, retry_prefix: &str) -> Result<Control, ControlError
     let hop = count("x-apns-hop", h.hop)?;
     Ok(Control {
         attempts: count("x-attempts", h.attempts)?,
+        config_waits: count("x-apns-config-waits", h.config_waits)?,
         hop,
         apns_id: match h.apns_id {
             Some(Value::Text(s)) => Uuid::parse_str(s).ok(),
@@ -149,6 +153,7 @@ mod tests {
             apns_id: Some(Value::Text(ID)),
             lineage: Some(Value::Int(77)),
             dead_letter_id: None,
+            config_waits: Some(Value::Int(2)),
             death: Some(("apns.jobs.retry.1000", "expired")),
         }
     }
@@ -162,6 +167,7 @@ mod tests {
             apns_id: Some(id),
             lineage: 77,
             from_delay_queue: true,
+            config_waits: 2,
         };
         let rows: &[(&str, Headers<'_>, Control)] = &[
             (

@@ -51,6 +51,19 @@ pub enum JobError {
     Invalid(#[from] ValidationError),
 }
 
+impl JobError {
+    /// The job names an app or a topic this configuration does not know: during a
+    /// rolling configuration change another replica (or this one, soon) may know it.
+    /// The label of the wait (`UnknownApp`, `UnknownTopic`), else None.
+    pub fn unknown_route(&self) -> Option<&'static str> {
+        match self {
+            JobError::UnknownApp(_) => Some("UnknownApp"),
+            JobError::NoAppForTopic(_) | JobError::TopicNotServed { .. } => Some("UnknownTopic"),
+            _ => None,
+        }
+    }
+}
+
 /// The wire form. Unknown fields are errors, not ignored.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

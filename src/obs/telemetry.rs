@@ -24,6 +24,12 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 static JOB_SPANS: AtomicBool = AtomicBool::new(false);
+static JSON_LOGS: AtomicBool = AtomicBool::new(false);
+
+/// Do logs go out as JSON lines (so a fatal error should, too)?
+pub fn json_logs() -> bool {
+    JSON_LOGS.load(Ordering::Relaxed)
+}
 static OTLP_METRICS: AtomicBool = AtomicBool::new(false);
 
 /// Is an OTLP meter provider installed (so the worker should feed it)?
@@ -111,6 +117,7 @@ pub fn init_logging_with(default_level: &str) -> Telemetry {
         Ok("text") => false,
         _ => !std::io::stdout().is_terminal(),
     };
+    JSON_LOGS.store(json, Ordering::Relaxed);
     let json_layer = json.then(|| {
         tracing_subscriber::fmt::layer()
             .json()

@@ -139,6 +139,7 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
         apns_id,
         lineage,
         from_delay_queue,
+        config_waits,
     } = control.clone().unwrap_or_default();
     let env = Envelope {
         content_type: inc.content_type(),
@@ -150,7 +151,17 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
         Ok(_) => job::decode(&inc.body, &env, &w.apps, w.cfg.worker.max_job_bytes),
     };
     let mut decision = match &decoded {
-        Err(e) => Decision::unsent(settle::invalid_job(&e.to_string(), attempts_before)),
+        Err(e) => Decision::unsent(match e.unknown_route() {
+            Some(reason) => settle::unknown_route(
+                reason,
+                &e.to_string(),
+                config_waits,
+                attempts_before,
+                &w.cfg.retry,
+                &mut fastrand::Rng::new(),
+            ),
+            None => settle::invalid_job(&e.to_string(), attempts_before),
+        }),
         Ok(job) => {
             let consult = inc.redelivered || from_delay_queue;
             let step = (lineage, hop);

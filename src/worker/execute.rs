@@ -125,6 +125,17 @@ pub async fn carry_out(
             ];
             to_delay_queue(s, q, inc, *delay, (lineage, hop), stamp, &headers).await
         }
+        Settlement::AwaitConfig {
+            waits,
+            delay,
+            reason,
+        } => {
+            let headers = [
+                ("x-apns-config-waits", HeaderValue::Int(i64::from(*waits))),
+                ("x-apns-parked", HeaderValue::Text((*reason).to_string())),
+            ];
+            to_delay_queue(s, q, inc, *delay, (lineage, hop), stamp, &headers).await
+        }
         Settlement::Park { delay, reason } => {
             let headers = [("x-apns-parked", HeaderValue::Text(reason.clone()))];
             to_delay_queue(s, q, inc, *delay, (lineage, hop), stamp, &headers).await

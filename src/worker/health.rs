@@ -37,6 +37,7 @@ pub fn snapshot(
     let (mut in_flight, mut limits, mut open, mut connects, mut failures, mut goaways, mut lost) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
     let mut token_age = vec![];
+    let mut expiry = vec![];
     for app in client.apps() {
         for pool in app.pools() {
             let scope = pool
@@ -48,7 +49,7 @@ pub fn snapshot(
             let info = pool.connection_info();
             for c in &info {
                 let mut l = base();
-                l.push(("connection", c.id.to_string()));
+                l.push(("connection", c.slot.to_string()));
                 in_flight.push(Sample::Gauge(l.clone(), c.in_flight as i64));
                 limits.push(Sample::Gauge(l, c.stream_limit as i64));
             }
@@ -63,6 +64,12 @@ pub fn snapshot(
             lost.push(Sample::Counter(
                 base(),
                 st.closed_unexpectedly.load(Ordering::Relaxed),
+            ));
+        }
+        for (kind, t) in app.certificate_expiries() {
+            expiry.push(Sample::Gauge(
+                vec![("app", app.name().to_string()), ("certificate", kind.to_string())],
+                *t,
             ));
         }
         for (key_id, age) in app.token_ages() {
@@ -124,6 +131,19 @@ pub fn snapshot(
             "apns_worker_provider_token_age_seconds",
             "Age of the provider token (JWT) in use, per key",
             token_age,
+        ),
+        gauge(
+            "apns_worker_certificate_expiry_timestamp_seconds",
+            "When a certificate in use expires (Unix time): the app's client certificate, or the earliest of its extra CA file",
+            expiry,
+        ),
+        gauge(
+            "apns_worker_build_info",
+            "Always 1; the running build's version in the label",
+            vec![Sample::Gauge(
+                vec![("version", env!("CARGO_PKG_VERSION").to_string())],
+                1,
+            )],
         ),
         gauge(
             "apns_worker_app_circuit_state",

@@ -65,6 +65,36 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The worker's own reasons (the others are APNs').
+const OWN_REASONS: &[&str] = &[
+    "",
+    "InvalidJob",
+    "RetriesExhausted",
+    "PublishFailed",
+    "SessionLost",
+    "NotSent",
+    "Unknown",
+    "UnknownApp",
+    "UnknownTopic",
+];
+
+/// A reason as a metric label (and a summary key): one of APNs' documented reasons, one
+/// of the worker's, or `HTTP<status>`; anything else a server sends becomes `Other`, so
+/// the number of series stays bounded. Headers and logs keep the reason as received.
+pub fn bounded_reason(reason: &str) -> &str {
+    let http_status = reason
+        .strip_prefix("HTTP")
+        .is_some_and(|d| d.len() == 3 && d.bytes().all(|b| b.is_ascii_digit()));
+    if http_status
+        || OWN_REASONS.contains(&reason)
+        || !matches!(Reason::parse(reason), Reason::Other(_))
+    {
+        reason
+    } else {
+        "Other"
+    }
+}
+
 /// The `outcome` label of a settlement and its `reason` label.
 fn labels(s: &Settlement) -> (&'static str, &str) {
     match s {
@@ -75,6 +105,7 @@ fn labels(s: &Settlement) -> (&'static str, &str) {
         Settlement::DeadLetter(dl) => ("dead_letter", dl.reason.as_str()),
         Settlement::Retry { reason, .. } => ("retry", reason.as_str()),
         Settlement::Park { reason, .. } => ("park", reason.as_str()),
+        Settlement::AwaitConfig { reason, .. } => ("awaiting_config", reason),
         Settlement::Requeue { reason } => ("requeued", reason),
         Settlement::EnvironmentMismatch(_) => ("environment_mismatch", "BadDeviceToken"),
     }
@@ -131,18 +162,20 @@ impl Observer {
         let (outcome, reason) = match r.carried_out {
             Ok(()) => {
                 let (outcome, reason) = labels(r.settlement);
+                let reason = bounded_reason(reason);
                 let counter: &AtomicU64 = match r.settlement {
                     Settlement::Ack(AckKind::Delivered) => &st.delivered,
                     Settlement::Ack(AckKind::Expired) => &st.expired,
                     Settlement::Ack(AckKind::AlreadySettled) => &st.already_settled,
                     Settlement::Cleanup(_) => &st.token_cleanups,
-                    Settlement::DeadLetter(dl) => {
-                        st.dead_letter(&dl.reason);
-                        self.metrics.dead_letter(&dl.reason);
+                    Settlement::DeadLetter(_) => {
+                        st.dead_letter(reason);
+                        self.metrics.dead_letter(reason);
                         &st.dead_lettered_any
                     }
                     Settlement::Retry { .. } => &st.retried,
                     Settlement::Park { .. } => &st.parked,
+                    Settlement::AwaitConfig { .. } => &st.awaiting_config,
                     Settlement::EnvironmentMismatch(_) => &st.environment_mismatches,
                     Settlement::Requeue { .. } => {
                         Stats::inc(&st.withdrawn);
@@ -238,5 +271,27 @@ impl Observer {
             reason = %reason_label(status, reason),
             "APNs refuses this app's credentials; pausing the app (its jobs wait, other apps keep flowing)"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bounded_reason;
+
+    #[test]
+    fn metric_reasons_are_a_bounded_set() {
+        for (given, label) in [
+            ("BadDeviceToken", "BadDeviceToken"),
+            ("TooManyProviderTokenUpdates", "TooManyProviderTokenUpdates"),
+            ("InvalidJob", "InvalidJob"),
+            ("UnknownApp", "UnknownApp"),
+            ("HTTP502", "HTTP502"),
+            ("", ""),
+            ("SomethingAppleAddsNextYear", "Other"),
+            ("HTTP5020", "Other"),
+            ("a token 0123abcd leaked in a reason", "Other"),
+        ] {
+            assert_eq!(bounded_reason(given), label, "{given:?}");
+        }
     }
 }

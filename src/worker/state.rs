@@ -47,6 +47,7 @@ impl Worker {
     /// [`Worker::start`] with another clock for provider tokens (tests).
     pub fn start_with_clock(cfg: Config, clock: Arc<dyn Clock>) -> Result<Arc<Worker>, StartError> {
         cfg.check()?;
+        cfg.check_apps()?;
         // The URL from `broker.url_file` too: a bad one fails now, not at each reconnect.
         cfg.broker.effective_url()?;
         let mut apps = Vec::with_capacity(cfg.apps.len());

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -16,6 +16,9 @@ pub struct Stats {
     pub environment_mismatches: AtomicU64,
     pub retried: AtomicU64,
     pub parked: AtomicU64,
+    /// Jobs naming an app or topic this replica does not know, parked to wait for a
+    /// configuration rollout (`retry.unknown_app_wait_ms`).
+    pub awaiting_config: AtomicU64,
     pub expired: AtomicU64,
     /// Redelivered jobs this process had already settled (ack lost): acked again.
     /// Not counted again under their settlement.
@@ -41,7 +44,8 @@ pub struct Stats {
 }
 
 /// A snapshot, printed as JSON at exit (`apns-worker run`) and returned by `run`.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
 pub struct Summary {
     pub received: u64,
     pub delivered: u64,
@@ -50,6 +54,7 @@ pub struct Summary {
     pub dead_lettered: BTreeMap<String, u64>,
     pub retried: u64,
     pub parked: u64,
+    pub awaiting_config: u64,
     pub expired: u64,
     pub already_settled: u64,
     pub unknown_outcomes: u64,
@@ -100,6 +105,7 @@ impl Stats {
             dead_lettered: self.dead_letters.lock().expect("stats lock").clone(),
             retried: g(&self.retried),
             parked: g(&self.parked),
+            awaiting_config: g(&self.awaiting_config),
             expired: g(&self.expired),
             already_settled: g(&self.already_settled),
             unknown_outcomes: g(&self.unknown_outcomes),

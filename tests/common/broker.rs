@@ -38,6 +38,9 @@ pub fn fast_retry() -> RetrySettings {
         base_delay_ms: 100,
         max_delay_ms: 400,
         park_delay_ms: 300,
+        // A job naming an unknown app is dead-lettered at once (tests/rollout.rs
+        // covers the wait).
+        unknown_app_wait_ms: 0,
     }
 }
 

@@ -60,6 +60,7 @@ max_attempts = {ma}
 base_delay_ms = {bd}
 max_delay_ms = {md}
 park_delay_ms = {pd}
+unknown_app_wait_ms = {uw}
 
 [worker]
 drain_secs = 5
@@ -93,6 +94,7 @@ key_file = "{key}"
         bd = r.base_delay_ms,
         md = r.max_delay_ms,
         pd = r.park_delay_ms,
+        uw = r.unknown_app_wait_ms,
         ca = ca.display(),
         key = key.display(),
     );
@@ -165,31 +167,5 @@ impl WorkerProcess {
 }
 
 fn summary_from(v: &serde_json::Value) -> Summary {
-    let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
-    Summary {
-        received: n("received"),
-        delivered: n("delivered"),
-        token_cleanups: n("token_cleanups"),
-        environment_mismatches: n("environment_mismatches"),
-        dead_lettered: v
-            .get("dead_lettered")
-            .and_then(|d| d.as_object())
-            .map(|m| {
-                m.iter()
-                    .map(|(k, x)| (k.clone(), x.as_u64().unwrap_or(0)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        retried: n("retried"),
-        parked: n("parked"),
-        expired: n("expired"),
-        already_settled: n("already_settled"),
-        unknown_outcomes: n("unknown_outcomes"),
-        redelivered_resent: n("redelivered_resent"),
-        publish_failures: n("publish_failures"),
-        uncertain_publishes: n("uncertain_publishes"),
-        requeued: n("requeued"),
-        withdrawn: n("withdrawn"),
-        broker_sessions: n("broker_sessions"),
-    }
+    serde_json::from_value(v.clone()).expect("the worker's summary line")
 }

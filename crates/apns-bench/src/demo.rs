@@ -115,6 +115,7 @@ pub async fn run(broker_url: &str, total: u64) -> Result<(), DemoError> {
         base_delay_ms: 200,
         max_delay_ms: 800,
         park_delay_ms: 1000,
+        unknown_app_wait_ms: 0,
     };
     let mut cfg = Config {
         queues: queues.clone(),

@@ -140,6 +140,9 @@ pub struct AppClient {
     opts: SendOptions,
     /// The same credentials against the app's other environment, started on first use.
     other: Option<OtherEnvironment>,
+    /// When the app's certificates expire (seconds since the epoch): `client` (the
+    /// certificate it authenticates with) and `ca` (the earliest of its extra CAs).
+    expiries: Vec<(&'static str, i64)>,
 }
 
 /// How to start the client of an app's other environment, and the client once started.
@@ -191,6 +194,15 @@ impl AppClient {
             app: name.into(),
             source,
         };
+        let mut expiries = Vec::new();
+        if let Some(ca) = &app.ca_file {
+            let earliest = tls::load_ca_file(ca)
+                .map_err(tls_err)?
+                .iter()
+                .filter_map(|c| tls::not_after(c))
+                .min();
+            expiries.extend(earliest.map(|t| ("ca", t)));
+        }
         let auth = match &app.auth {
             AuthSettings::Token { team_id, keys } => {
                 let tls = tls::client_config(app.ca_file.as_deref(), None).map_err(tls_err)?;
@@ -216,6 +228,9 @@ impl AppClient {
             }
             AuthSettings::Certificate(identity) => {
                 let id = identity.load().map_err(tls_err)?;
+                if let Some(t) = id.chain.first().and_then(|c| tls::not_after(c)) {
+                    expiries.push(("client", t));
+                }
                 let tls = tls::client_config(app.ca_file.as_deref(), Some(id)).map_err(tls_err)?;
                 Auth::Certificate(Pool::start(format!("{name}/certificate"), pool_opts(tls)))
             }
@@ -247,6 +262,7 @@ impl AppClient {
             auth,
             opts: SendOptions::from(settings),
             other,
+            expiries,
         })
     }
 
@@ -288,6 +304,12 @@ impl AppClient {
             Auth::Token(routes) => routes.iter().map(|r| r.pool.clone()).collect(),
             Auth::Certificate(p) => vec![p.clone()],
         }
+    }
+
+    /// When this app's certificates expire, in seconds since the epoch: (`client` or
+    /// `ca`, time). Empty for token auth without an extra CA.
+    pub fn certificate_expiries(&self) -> &[(&'static str, i64)] {
+        &self.expiries
     }
 
     /// Ages in seconds of this app's provider tokens, by key id.

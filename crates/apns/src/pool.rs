@@ -76,6 +76,10 @@ impl std::fmt::Debug for Pool {
 /// A snapshot of one connection, for metrics and health.
 #[derive(Clone, Debug)]
 pub struct ConnectionInfo {
+    /// The pool's slot (0 to connections - 1): stable across reconnects, so a metric
+    /// labelled by it keeps a bounded number of series.
+    pub slot: usize,
+    /// The process-wide connection number (a new one per reconnect), for logs.
     pub id: u64,
     pub in_flight: usize,
     pub stream_limit: usize,
@@ -122,9 +126,11 @@ impl Pool {
     }
 
     pub fn connection_info(&self) -> Vec<ConnectionInfo> {
-        self.open_connections()
-            .iter()
-            .map(|c| ConnectionInfo {
+        (0..self.slots.len())
+            .filter_map(|i| Some((i, self.slot(i)?)))
+            .filter(|(_, c)| c.is_open())
+            .map(|(slot, c)| ConnectionInfo {
+                slot,
                 id: c.id(),
                 in_flight: c.limiter().in_flight(),
                 stream_limit: c.limiter().limit(),

@@ -252,6 +252,11 @@ async fn certificate_auth_with_pem_and_pkcs12() {
     let m = mock(Faults::default()).await;
     let (app, issued) = m.cert_app(&[TOPIC]);
     let c = app_client(&app, &fast_settings());
+    // rcgen's default validity ends 4096-01-01: the client certificate and the CA.
+    assert_eq!(
+        c.certificate_expiries(),
+        &[("ca", 67_090_118_400), ("client", 67_090_118_400)]
+    );
     let d = c.send(&notification(&token("16", 1))).await.unwrap();
     assert_eq!(d.outcome, Outcome::Delivered);
     let r = &m.mock.received()[0];

@@ -106,7 +106,7 @@ async fn every_error_status_is_classified() {
         ("b2", 410, "ExpiredToken", "token-dead"),
         ("b3", 413, "PayloadTooLarge", "rejected"),
         ("b4", 429, "TooManyRequests", "retry"),
-        ("b5", 429, "TooManyProviderTokenUpdates", "credentials"),
+        ("b5", 429, "TooManyProviderTokenUpdates", "throttled"),
         ("b6", 500, "InternalServerError", "retry"),
         ("b7", 503, "ServiceUnavailable", "retry"),
         ("b8", 503, "Shutdown", "retry"),
