@@ -415,12 +415,57 @@ fn the_compose_file_validates_and_its_files_are_consistent() {
     for s in ["rabbitmq", "mock-apns", "worker", "publisher"] {
         assert!(services[s].is_object(), "service {s}");
     }
-    assert!(
-        services["rabbitmq"]["image"]
-            .as_str()
-            .unwrap()
-            .contains("management")
-    );
+    let image = services["rabbitmq"]["image"].as_str().unwrap();
+    assert!(image.contains("management"));
+    // RabbitMQ 3.13 is out of community support: 4.x.
+    let major: u32 = image
+        .split_once(':')
+        .and_then(|(_, t)| t.split(['.', '-']).next())
+        .and_then(|m| m.parse().ok())
+        .unwrap_or_else(|| panic!("{image}: pin a major version"));
+    assert!(major >= 4, "{image}");
+    // Every long-running service says when it is healthy, and whoever needs it waits
+    // for that, not for its start.
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).unwrap();
+    for s in ["rabbitmq", "mock-apns", "worker"] {
+        let test = services[s]["healthcheck"]["test"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{s} has no healthcheck"));
+        assert_eq!(test[0], "CMD", "{s}: no shell in the distroless images");
+        let bin = test[1].as_str().unwrap();
+        if let Some(name) = bin.strip_prefix("/usr/local/bin/") {
+            assert!(
+                dockerfile.contains(&format!("/out/{name} {bin}")),
+                "{s}: the image has no {bin}"
+            );
+            // The check's arguments parse (exit 1: nothing is running here; 2 would be
+            // a usage error).
+            let local =
+                std::path::Path::new(env!("CARGO_BIN_EXE_apns-worker")).with_file_name(name);
+            let args: Vec<&str> = test[2..].iter().map(|a| a.as_str().unwrap()).collect();
+            let out = tools::run(
+                Command::new(local)
+                    .args(&args)
+                    .env("APNS_WORKER_LOG_FORMAT", "text"),
+            );
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "{s}: {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    for (s, svc) in services.as_object().unwrap() {
+        for (dep, cond) in svc["depends_on"].as_object().into_iter().flatten() {
+            let want = if services[dep]["healthcheck"].is_object() {
+                "service_healthy"
+            } else {
+                "service_completed_successfully"
+            };
+            assert_eq!(cond["condition"], want, "{s} -> {dep}");
+        }
+    }
 }
 
 #[test]

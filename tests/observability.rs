@@ -241,7 +241,10 @@ async fn metrics_series_stay_bounded_through_reconnects() {
     let (_, text) = get(admin, "/metrics").await;
     let v = samples(&text);
     let connects = v[r#"apns_worker_apns_connects_total{app="shop",scope="KEY1234567"}"#];
-    assert!(connects >= 20.0, "the run should reconnect often: {connects}");
+    assert!(
+        connects >= 20.0,
+        "the run should reconnect often: {connects}"
+    );
     println!(
         "{scrapes} scrapes, {connects} connections opened: {} series in all, connection labels {connections:?}",
         series.len()

@@ -210,6 +210,13 @@ impl BrokerSettings {
         Ok(Secret::new(url))
     }
 
+    /// `host:port` of the broker, for messages: never the credentials.
+    pub fn address(&self) -> Option<String> {
+        let url = self.effective_url().ok()?;
+        let u: lapin::uri::AMQPUri = url.expose().parse().ok()?;
+        Some(format!("{}:{}", u.authority.host, u.authority.port))
+    }
+
     pub fn connection_name(&self) -> String {
         self.connection_name.clone().unwrap_or_else(|| {
             let host = std::env::var("HOSTNAME")

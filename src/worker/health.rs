@@ -68,7 +68,10 @@ pub fn snapshot(
         }
         for (kind, t) in app.certificate_expiries() {
             expiry.push(Sample::Gauge(
-                vec![("app", app.name().to_string()), ("certificate", kind.to_string())],
+                vec![
+                    ("app", app.name().to_string()),
+                    ("certificate", kind.to_string()),
+                ],
                 *t,
             ));
         }

@@ -21,12 +21,22 @@ pub enum DemoError {
     Mock(#[from] apns_mock::MockError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Config(#[from] apns_worker::config::ConfigError),
     #[error("worker: {0}")]
     Worker(#[from] StartError),
     #[error("broker: {0}")]
     Amqp(#[from] amqp::AmqpError),
     #[error("publishing: {0}")]
     Publish(#[from] apns_worker::publish::PublishCmdError),
+    #[error(
+        "RabbitMQ is not reachable at {at} ({cause}): {hint}, or give the demo another broker with --broker amqp://user:password@host:5672/%2f"
+    )]
+    NoBroker {
+        at: String,
+        cause: String,
+        hint: &'static str,
+    },
     #[error("only {settled} of {total} jobs were settled within {secs} s")]
     Timeout { settled: u64, total: u64, secs: u64 },
 }
@@ -73,9 +83,51 @@ fn sample(total: u64) -> Vec<(usize, String)> {
     out
 }
 
+/// Fail within seconds, with what to run, when the broker cannot be reached (rather
+/// than the worker's reconnect loop).
+async fn check_broker(b: &apns_worker::config::BrokerSettings) -> Result<(), DemoError> {
+    let at = b.address().unwrap_or_else(|| "the --broker URL".into());
+    let cause = match tokio::time::timeout(Duration::from_secs(5), amqp::connect(b)).await {
+        Ok(Ok(conn)) => {
+            amqp::close(&conn).await;
+            return Ok(());
+        }
+        Ok(Err(amqp::AmqpError::Connect(e))) => e.to_string(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => "no answer within 5 s".into(),
+    };
+    Err(DemoError::NoBroker {
+        at,
+        cause,
+        hint: start_hint(),
+    })
+}
+
+/// How to start a broker here: the installed one, or a container.
+fn start_hint() -> &'static str {
+    let installed = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .chain(["/usr/sbin".into(), "/usr/lib/rabbitmq/bin".into()])
+        .any(|d| d.join("rabbitmq-server").is_file());
+    if installed {
+        "RabbitMQ is installed here: if it is stopped, start it with `rabbitmq-server -detached` (or `sudo systemctl start rabbitmq-server`)"
+    } else {
+        "install and start one (Debian/Ubuntu: `sudo apt-get install rabbitmq-server`), or run one in a container: `docker run -d -p 5672:5672 rabbitmq:4-management`"
+    }
+}
+
 /// Run the demo against the broker at `broker_url`.
 pub async fn run(broker_url: &str, total: u64) -> Result<(), DemoError> {
     let started = Instant::now();
+    let broker = apns_worker::config::BrokerSettings {
+        url: Secret::new(broker_url.to_string()),
+        connection_name: Some("apns-worker-demo".into()),
+        ..Default::default()
+    };
+    broker.effective_url()?;
+    check_broker(&broker).await?;
     let rule = |prefix: &str, status, reason: &str, times| TokenRule {
         prefix: prefix.into(),
         status,
@@ -122,8 +174,7 @@ pub async fn run(broker_url: &str, total: u64) -> Result<(), DemoError> {
         retry: retry.clone(),
         ..Config::default()
     };
-    cfg.broker.url = Secret::new(broker_url.to_string());
-    cfg.broker.connection_name = Some("apns-worker-demo".into());
+    cfg.broker = broker;
     let mut app = AppConfig::token(
         mock.endpoint(),
         "DEMOTEAM01",
@@ -141,9 +192,11 @@ pub async fn run(broker_url: &str, total: u64) -> Result<(), DemoError> {
     while !worker.ready() {
         tokio::time::sleep(Duration::from_millis(20)).await;
         if started.elapsed() > Duration::from_secs(30) {
-            return Err(
-                amqp::AmqpError::Lost(format!("could not reach RabbitMQ at {broker_url}")).into(),
-            );
+            return Err(DemoError::NoBroker {
+                at: cfg.broker.address().unwrap_or_default(),
+                cause: "the worker did not become ready within 30 s".into(),
+                hint: start_hint(),
+            });
         }
     }
     println!(

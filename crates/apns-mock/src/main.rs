@@ -49,6 +49,22 @@ pub struct StandaloneOptions {
     /// Do not keep a record of each request (long benchmark runs).
     #[arg(long)]
     pub no_record: bool,
+    /// Do not serve: exit 0 when a mock is listening on --listen and has written
+    /// --ca-out (and --key-out, when given), else 1. A container health check.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// `--check`: is a mock up on `opts.listen`, with its files written?
+fn check(opts: &StandaloneOptions) -> Result<(), String> {
+    for f in std::iter::once(&opts.ca_out).chain(opts.key_out.as_ref()) {
+        if !f.is_file() {
+            return Err(format!("{} is not written yet", f.display()));
+        }
+    }
+    std::net::TcpStream::connect_timeout(&opts.listen, std::time::Duration::from_secs(2))
+        .map(drop)
+        .map_err(|e| format!("nothing listens on {}: {e}", opts.listen))
 }
 
 fn parse_environment(s: &str) -> Result<EndpointKind, String> {
@@ -143,6 +159,15 @@ pub async fn run_standalone(
 
 fn main() -> ExitCode {
     let opts = StandaloneOptions::parse();
+    if opts.check {
+        return match check(&opts) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("not ready: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
