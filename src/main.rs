@@ -124,6 +124,9 @@ fn main() -> ExitCode {
     .expect("tokio runtime");
     rt.block_on(async move {
         let _telemetry = apns_worker::obs::telemetry::init_logging();
+        if let Err(e) = apns_worker::obs::telemetry::check_otlp_env() {
+            return Fatal::config(e).report();
+        }
         // Reported while the telemetry (which flushes on drop) is still up.
         match command(cli.command).await {
             Ok(()) => ExitCode::SUCCESS,

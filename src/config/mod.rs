@@ -212,9 +212,14 @@ impl BrokerSettings {
 
     /// `host:port` of the broker, for messages: never the credentials.
     pub fn address(&self) -> Option<String> {
+        self.host_port().map(|(h, p)| format!("{h}:{p}"))
+    }
+
+    /// The broker's host and port (from the URL, or `url_file`).
+    pub fn host_port(&self) -> Option<(String, u16)> {
         let url = self.effective_url().ok()?;
         let u: lapin::uri::AMQPUri = url.expose().parse().ok()?;
-        Some(format!("{}:{}", u.authority.host, u.authority.port))
+        Some((u.authority.host, u.authority.port))
     }
 
     pub fn connection_name(&self) -> String {

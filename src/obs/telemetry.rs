@@ -5,8 +5,10 @@
 //! `RUST_LOG`.
 //!
 //! Traces: when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is set and
-//! `OTEL_SDK_DISABLED` is not `true`, spans are exported over OTLP/gRPC (the standard
-//! `OTEL_*` variables apply: service name, headers, timeout, sampler). Each job gets one
+//! `OTEL_SDK_DISABLED` is not `true`, spans are exported over OTLP, gRPC or, when
+//! `OTEL_EXPORTER_OTLP_PROTOCOL` (or `..._TRACES_PROTOCOL`) says `http/protobuf`,
+//! HTTP (the standard `OTEL_*` variables apply: service name, headers, timeout,
+//! sampler). Each job gets one
 //! span, a child of the W3C `traceparent` its producer put in the AMQP headers.
 //! Otherwise no job span is created at all.
 //!
@@ -18,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use opentelemetry::propagation::Extractor;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
@@ -88,6 +91,41 @@ fn otlp_wanted(signal: &str) -> bool {
             || set(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")))
 }
 
+/// The OTLP transport for `signal`: `OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL`, else
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC. `http/json` is not offered.
+pub fn otlp_protocol(
+    signal: &str,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<opentelemetry_otlp::Protocol, String> {
+    let specific = format!("OTEL_EXPORTER_OTLP_{}_PROTOCOL", signal.to_uppercase());
+    let (name, value) = match var(&specific).filter(|v| !v.is_empty()) {
+        Some(v) => (specific, v),
+        None => (
+            "OTEL_EXPORTER_OTLP_PROTOCOL".to_string(),
+            var("OTEL_EXPORTER_OTLP_PROTOCOL").unwrap_or_default(),
+        ),
+    };
+    match value.as_str() {
+        "" | "grpc" => Ok(opentelemetry_otlp::Protocol::Grpc),
+        "http/protobuf" => Ok(opentelemetry_otlp::Protocol::HttpBinary),
+        other => Err(format!(
+            "{name}={other} is not supported: use grpc (port 4317) or http/protobuf (port 4318)"
+        )),
+    }
+}
+
+/// The OTLP variables name a transport this build has (checked at start: a typo is a
+/// configuration error, not a silently missing exporter).
+pub fn check_otlp_env() -> Result<(), String> {
+    let env = |k: &str| std::env::var(k).ok();
+    for signal in ["traces", "metrics"] {
+        if otlp_wanted(signal) {
+            otlp_protocol(signal, env)?;
+        }
+    }
+    Ok(())
+}
+
 fn resource() -> opentelemetry_sdk::Resource {
     opentelemetry_sdk::Resource::builder()
         .with_service_name(
@@ -128,11 +166,21 @@ pub fn init_logging_with(default_level: &str) -> Telemetry {
     });
     let text_layer = (!json).then(|| tracing_subscriber::fmt::layer().with_writer(std::io::stderr));
     let mut telemetry = Telemetry::default();
+    let env = |k: &str| std::env::var(k).ok();
     let otel_layer = if otlp_wanted("traces") {
-        match opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .build()
-        {
+        let exporter = match otlp_protocol("traces", env) {
+            Ok(opentelemetry_otlp::Protocol::Grpc) => opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| e.to_string()),
+            Ok(_) => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .build()
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match exporter {
             Ok(exporter) => {
                 let provider = SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
@@ -153,10 +201,19 @@ pub fn init_logging_with(default_level: &str) -> Telemetry {
     };
     if otlp_wanted("metrics") {
         // Periodic export, every OTEL_METRIC_EXPORT_INTERVAL (default 60 s).
-        match opentelemetry_otlp::MetricExporter::builder()
-            .with_tonic()
-            .build()
-        {
+        let exporter = match otlp_protocol("metrics", env) {
+            Ok(opentelemetry_otlp::Protocol::Grpc) => opentelemetry_otlp::MetricExporter::builder()
+                .with_tonic()
+                .build()
+                .map_err(|e| e.to_string()),
+            Ok(_) => opentelemetry_otlp::MetricExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .build()
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match exporter {
             Ok(exporter) => {
                 let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()
                     .with_periodic_exporter(exporter)
@@ -208,6 +265,33 @@ pub fn trace_id_of(traceparent: &str) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_otlp_protocol_follows_the_standard_variables() {
+        use opentelemetry_otlp::Protocol::{Grpc, HttpBinary};
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(otlp_protocol("traces", env(&[])), Ok(Grpc));
+        let http = &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")];
+        assert_eq!(otlp_protocol("traces", env(http)), Ok(HttpBinary));
+        assert_eq!(otlp_protocol("metrics", env(http)), Ok(HttpBinary));
+        let mixed = &[
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "grpc"),
+        ];
+        assert_eq!(otlp_protocol("traces", env(mixed)), Ok(HttpBinary));
+        assert_eq!(otlp_protocol("metrics", env(mixed)), Ok(Grpc));
+        assert_eq!(
+            otlp_protocol("traces", env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")])),
+            Err("OTEL_EXPORTER_OTLP_PROTOCOL=http/json is not supported: use grpc (port 4317) or http/protobuf (port 4318)".into())
+        );
+    }
 
     #[test]
     fn trace_ids_from_traceparent() {

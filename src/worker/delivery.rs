@@ -75,6 +75,68 @@ fn endpoint_of(w: &Worker, app: &str) -> String {
         .unwrap_or_default()
 }
 
+/// Send to APNs, inside a client span when job spans are on (OpenTelemetry's HTTP
+/// client conventions, v1.37.0): `POST /3/device/{device_token}`, the route as a
+/// template and the URL with the token `REDACTED`, so no device token is recorded.
+async fn traced_send(
+    w: &Worker,
+    app: &str,
+    n: &apns::Notification,
+    proceed: impl Fn() -> bool,
+) -> Result<apns::Delivery, SendError> {
+    if !crate::obs::telemetry::job_spans() {
+        return w.client.send_checked(app, n, proceed).await;
+    }
+    let (host, port) = w
+        .config()
+        .apps
+        .get(app)
+        .map(|a| (a.endpoint.host().to_string(), a.endpoint.port()))
+        .unwrap_or_default();
+    let span = tracing::info_span!(
+        "apns request",
+        otel.name = "POST /3/device/{device_token}",
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        http.request.method = "POST",
+        url.template = "/3/device/{device_token}",
+        url.full = %format!("https://{host}:{port}/3/device/REDACTED"),
+        server.address = %host,
+        server.port = port,
+        network.protocol.name = "http",
+        network.protocol.version = "2",
+        http.response.status_code = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        apns.app = app,
+        apns.reason = tracing::field::Empty,
+    );
+    let sent =
+        tracing::Instrument::instrument(w.client.send_checked(app, n, proceed), span.clone()).await;
+    match &sent {
+        Ok(d) => {
+            let status = d.response.status;
+            span.record("http.response.status_code", status);
+            if let Some(r) = &d.response.reason {
+                span.record("apns.reason", r.as_str());
+            }
+            if status >= 400 {
+                span.record("error.type", status.to_string().as_str());
+                span.record("otel.status_code", "error");
+            }
+        }
+        Err(e) => {
+            let kind = match e {
+                SendError::NotSent(_) | SendError::Withdrawn => "not_sent",
+                SendError::Unknown(_) => "no_answer",
+                _ => "_OTHER",
+            };
+            span.record("error.type", kind);
+            span.record("otel.status_code", "error");
+        }
+    }
+    sent
+}
+
 /// How often a message looks again whether its twin in flight has its answer.
 const TWIN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -98,21 +160,30 @@ pub async fn process(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
     }
 }
 
-/// The job's span, a child of the producer's `traceparent`, with OpenTelemetry's
-/// messaging attributes; the APNs result is recorded on it by the observer.
+/// The job's span, a child of the producer's `traceparent`, with the attributes of
+/// OpenTelemetry's messaging conventions (semantic conventions v1.37.0: a push-based
+/// `process` span); the APNs result, and `error.type` when the job was not settled
+/// as done, are recorded on it by the observer.
 fn job_span(w: &Worker, inc: &Incoming) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     let queue = &w.cfg.queues.jobs;
+    let (host, port) = w.broker_address();
     let span = tracing::info_span!(
         "process job",
-        otel.name = %format!("{queue} process"),
+        otel.name = %format!("process {queue}"),
         otel.kind = "consumer",
+        otel.status_code = tracing::field::Empty,
         messaging.system = "rabbitmq",
-        messaging.destination.name = %queue,
+        messaging.operation.name = "process",
         messaging.operation.type = "process",
-        messaging.message.id = inc.message_id().unwrap_or(""),
+        messaging.destination.name = %queue,
+        messaging.message.id = tracing::field::Empty,
+        messaging.message.body.size = inc.body.len(),
         messaging.rabbitmq.message.delivery_tag = inc.tag,
+        server.address = host,
+        server.port = port,
+        error.type = tracing::field::Empty,
         trace_id = tracing::field::Empty,
         apns.app = tracing::field::Empty,
         apns.id = tracing::field::Empty,
@@ -121,6 +192,9 @@ fn job_span(w: &Worker, inc: &Incoming) -> tracing::Span {
         apns.reason = tracing::field::Empty,
         apns.outcome = tracing::field::Empty,
     );
+    if let Some(id) = inc.message_id() {
+        span.record("messaging.message.id", id);
+    }
     let headers = crate::obs::telemetry::HeaderExtractor(inc.text_headers());
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&headers));
     let _ = span.set_parent(parent);
@@ -304,7 +378,7 @@ async fn decide(
         !s.is_gone()
             && (gate == Gate::Probe || w.circuits.of(&job.app).is_none_or(|c| c.is_closed()))
     };
-    let sent = w.client.send_checked(&job.app, n, proceed).await;
+    let sent = traced_send(w, &job.app, n, proceed).await;
     if let Err(SendError::Withdrawn) = sent {
         if !s.is_gone() {
             return park(&mut rng);

@@ -202,6 +202,15 @@ impl Observer {
         self.metrics.job(app, outcome, reason);
         if traced {
             span.record("apns.outcome", outcome);
+            // Processing failed when the job is not settled as done (delivered, its
+            // token reported, expired): the reason is the class of error.
+            if matches!(
+                outcome,
+                "dead_letter" | "retry" | "park" | "awaiting_config" | "requeued"
+            ) {
+                span.record("error.type", reason);
+                span.record("otel.status_code", "error");
+            }
         }
         if outcome != "delivered" {
             self.log(r, app, attempt, outcome, reason);

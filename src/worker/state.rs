@@ -36,6 +36,8 @@ pub struct Worker {
     pub(super) recent: Recent,
     pub(super) health: Health,
     pub(super) observer: Observer,
+    /// The broker's host and port, for spans.
+    pub(super) broker_at: (String, u16),
 }
 
 impl Worker {
@@ -67,6 +69,7 @@ impl Worker {
             client,
             health: Health::default(),
             observer: Observer::default(),
+            broker_at: cfg.broker.host_port().unwrap_or_default(),
             cfg,
         }))
     }
@@ -88,6 +91,11 @@ impl Worker {
 
     pub fn config(&self) -> &Config {
         &self.cfg
+    }
+
+    /// The broker's host and port (for spans' `server.address`, `server.port`).
+    pub(super) fn broker_address(&self) -> (&str, u16) {
+        (&self.broker_at.0, self.broker_at.1)
     }
 
     /// Give app `name` new credentials (and endpoint, connections, CA): new
