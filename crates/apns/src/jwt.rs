@@ -27,8 +27,12 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::HeaderValue;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::{Signature, SigningKey};
+use p256::pkcs8::DecodePrivateKey as _;
 use serde::Serialize;
 
 use crate::secret::Secret;
@@ -156,6 +160,12 @@ pub enum AfterExpired {
 }
 
 #[derive(Serialize)]
+struct JwtHeader<'a> {
+    alg: &'static str,
+    kid: &'a str,
+}
+
+#[derive(Serialize)]
 struct Claims<'a> {
     iss: &'a str,
     iat: u64,
@@ -169,7 +179,7 @@ fn is_apple_id(s: &str) -> bool {
 pub struct TokenSigner {
     team_id: String,
     key_id: String,
-    key: Secret<EncodingKey>,
+    key: Secret<SigningKey>,
     clock: Arc<dyn Clock>,
     policy: TokenPolicy,
     current: RwLock<Arc<ProviderToken>>,
@@ -200,10 +210,13 @@ impl TokenSigner {
         if !is_apple_id(key_id) {
             return Err(JwtError::BadKeyId(key_id.into()));
         }
-        let key = EncodingKey::from_ec_pem(key_pem.expose()).map_err(|e| JwtError::ParseKey {
+        let parse_err = |reason: String| JwtError::ParseKey {
             key_id: key_id.into(),
-            reason: e.to_string(),
-        })?;
+            reason,
+        };
+        let pem = std::str::from_utf8(key_pem.expose())
+            .map_err(|_| parse_err("the file is not PEM text".into()))?;
+        let key = SigningKey::from_pkcs8_pem(pem).map_err(|e| parse_err(e.to_string()))?;
         let key = Secret::new(key);
         let first = sign(team_id, key_id, &key, policy.slot(clock.now()), 0)?;
         Ok(TokenSigner {
@@ -286,27 +299,40 @@ impl TokenSigner {
     }
 }
 
+/// An ES256 JWT as APNs wants it: header `alg` and `kid`, claims `iss` and `iat`.
+/// ECDSA with RFC 6979 nonces (p256's `Signer`), so one key, team and `iat` always give
+/// the same token: every replica of a fleet presents one token per period.
 fn sign(
     team_id: &str,
     key_id: &str,
-    key: &Secret<EncodingKey>,
+    key: &Secret<SigningKey>,
     now: u64,
     generation: u64,
 ) -> Result<ProviderToken, JwtError> {
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some(key_id.to_string());
-    let jwt = jsonwebtoken::encode(
-        &header,
-        &Claims {
-            iss: team_id,
-            iat: now,
-        },
-        key.expose(),
-    )
-    .map_err(|e| JwtError::Sign {
+    let sign_err = |reason: String| JwtError::Sign {
         key_id: key_id.into(),
-        reason: e.to_string(),
-    })?;
+        reason,
+    };
+    let header = serde_json::to_vec(&JwtHeader {
+        alg: "ES256",
+        kid: key_id,
+    })
+    .map_err(|e| sign_err(e.to_string()))?;
+    let claims = serde_json::to_vec(&Claims {
+        iss: team_id,
+        iat: now,
+    })
+    .map_err(|e| sign_err(e.to_string()))?;
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header),
+        URL_SAFE_NO_PAD.encode(claims)
+    );
+    let signature: Signature = key
+        .expose()
+        .try_sign(input.as_bytes())
+        .map_err(|e| sign_err(e.to_string()))?;
+    let jwt = format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature.to_bytes()));
     let value = HeaderValue::try_from(format!("bearer {jwt}")).map_err(|e| JwtError::Sign {
         key_id: key_id.into(),
         reason: e.to_string(),
@@ -371,7 +397,7 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{DecodingKey, Validation};
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 
     fn keypair() -> (Secret<Vec<u8>>, String) {
         let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
