@@ -12,6 +12,7 @@ pub mod check;
 pub mod config;
 pub mod job;
 pub mod obs;
+pub mod operator;
 pub mod publish;
 pub mod reload;
 pub mod run;

@@ -84,6 +84,25 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// Print the topology the worker would declare as RabbitMQ Messaging Topology
+    /// Operator objects (Queue, Exchange, Binding; JSON, for `kubectl apply -f -`), for
+    /// clusters where the operator owns the topology and `queues.declare = false`.
+    Topology {
+        #[arg(long, short, env = "APNS_WORKER_CONFIG")]
+        config: Option<PathBuf>,
+        /// `metadata.name` of the RabbitmqCluster the objects belong to.
+        #[arg(long)]
+        cluster: String,
+        /// Namespace of that RabbitmqCluster, when not the objects' own.
+        #[arg(long)]
+        cluster_namespace: Option<String>,
+        /// Namespace of the objects (default: kubectl's current namespace).
+        #[arg(long)]
+        namespace: Option<String>,
+        /// The vhost (default: the one broker.url names, else /).
+        #[arg(long)]
+        vhost: Option<String>,
+    },
     /// Print the effective configuration (secrets redacted) and check it.
     CheckConfig {
         /// TOML config file; APNS_WORKER__SECTION__KEY variables override it.
@@ -199,6 +218,36 @@ async fn command(command: Command) -> Result<(), Fatal> {
                     .await
                     .map_err(Fatal::publish)?;
                 eprintln!("published {n} job(s) to {queue}");
+                Ok(())
+            }
+            Command::Topology {
+                config,
+                cluster,
+                cluster_namespace,
+                namespace,
+                vhost,
+            } => {
+                let cfg =
+                    Config::load(config.as_deref(), std::env::vars()).map_err(Fatal::config)?;
+                let target = apns_worker::operator::Target {
+                    cluster,
+                    cluster_namespace,
+                    namespace,
+                    vhost: vhost
+                        .or_else(|| cfg.broker.vhost())
+                        .unwrap_or_else(|| "/".into()),
+                };
+                let plan = apns_worker::amqp::topology_plan(&cfg.queues, &cfg.retry);
+                let list = apns_worker::operator::objects(&plan, &target).map_err(Fatal::config)?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).map_err(Fatal::runtime)?
+                );
+                if cfg.queues.declare {
+                    eprintln!(
+                        "note: queues.declare is true; set it to false so that the worker leaves the topology to the operator"
+                    );
+                }
                 Ok(())
             }
             Command::CheckConfig {

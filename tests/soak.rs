@@ -225,3 +225,119 @@ async fn memory_is_bounded_by_prefetch_not_backlog() {
     );
     broker::delete_topology(&conn, &q, &r).await;
 }
+
+/// The duplicate once seen in the delay queues (30,000 jobs parked for 100 s with a
+/// publisher running beside it: 22 copies with the same hop): the issue's run, made a
+/// test that counts every copy. 30,000 jobs wait behind credentials APNs refuses while a
+/// publisher adds 30,000 more over 100 s; each job cycles through the park queue (its
+/// TTL expiring into the jobs queue is a dead-lettering, at-least-once for quorum
+/// queues). Then APNs learns the key: every job must be sent exactly once. Twins the
+/// broker forwarded twice are settled from memory and show as `already_settled`.
+/// `APNS_WORKER_PARK_SECS` (100) and `APNS_WORKER_PARK_JOBS` (30,000) scale it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "two to three minutes; run by hand, figures in docs/reliability.md"]
+async fn parked_jobs_beside_a_publisher_are_each_sent_once() {
+    use std::collections::HashMap;
+    let secs: u64 = std::env::var("APNS_WORKER_PARK_SECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let per_phase: u64 = std::env::var("APNS_WORKER_PARK_JOBS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30_000);
+    let m = mock_with(MockConfig {
+        record: true,
+        ..Default::default()
+    })
+    .await;
+    let q = broker::topology("parkcount");
+    // The worker signs with a key APNs does not know yet: 403 InvalidProviderToken,
+    // the app's circuit opens, every job parks.
+    let (pem, public) = apns_mock::certs::generate_signing_key().unwrap();
+    let mut app = m.token_app(TEAM, KEY, 1);
+    app.keys[0].key = Some(apns::secret::Secret::new(pem));
+    let mut cfg = worker_config(q.clone(), vec![("shop", app)]);
+    cfg.retry.park_delay_ms = 10_000;
+    cfg.broker.prefetch = 1_000;
+    let conn = broker::connect().await;
+    let w = broker::start(cfg.clone()).await;
+    let job = |n: u64| {
+        json!({"id": format!("park-{n}"), "device_token": token("9a", n), "topic": TOPIC,
+               "payload": {"aps": {"alert": "hello"}}})
+        .to_string()
+    };
+    let t0 = Instant::now();
+    broker::publish_jobs(&conn, &q.jobs, (0..per_phase).map(job).collect()).await;
+    println!(
+        "\nparked: published {per_phase} jobs in {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    // The publisher beside it: the same number again, spread over the parking window.
+    let batches = secs * 10;
+    let per_batch = per_phase.div_ceil(batches);
+    let mut next = per_phase;
+    let ticker_start = Instant::now();
+    for b in 0..batches {
+        let end = (next + per_batch).min(2 * per_phase);
+        broker::publish_jobs(&conn, &q.jobs, (next..end).map(job).collect()).await;
+        next = end;
+        let due = ticker_start + Duration::from_millis(100 * (b + 1));
+        tokio::time::sleep_until(due.into()).await;
+    }
+    let total = next;
+    let during = w.worker.summary();
+    println!(
+        "after {:.0} s: parked {} copies, already_settled {}, delivered {}",
+        t0.elapsed().as_secs_f64(),
+        during.parked,
+        during.already_settled,
+        during.delivered
+    );
+    assert_eq!(
+        during.delivered, 0,
+        "nothing is delivered while APNs refuses the key"
+    );
+    m.mock
+        .add_key(apns_mock::MockKey {
+            key_id: KEY.into(),
+            team_id: TEAM.into(),
+            public_key_pem: public,
+            topics: Vec::new(),
+            environment: None,
+        })
+        .unwrap();
+    let recovered = Instant::now();
+    w.wait_until("every job delivered", Duration::from_secs(300), |s| {
+        s.delivered >= total
+    })
+    .await;
+    w.wait_drained(&conn, &q, &cfg.retry, Duration::from_secs(60))
+        .await;
+    let s = w.stop().await;
+    let mut sends: HashMap<String, u32> = HashMap::new();
+    for r in m.mock.received().iter().filter(|r| r.status == 200) {
+        *sends
+            .entry(r.apns_id.clone().unwrap_or_default())
+            .or_default() += 1;
+    }
+    let twice: u32 = sends.values().map(|c| c.saturating_sub(1)).sum();
+    println!(
+        "{total} jobs, {} distinct accepted by APNs, {twice} sent twice; delivered {} in {:.1} s \
+         after the key was known; parked {} copies in all; already_settled {} (twins and \
+         redeliveries settled from memory); dead letters {}, requeued {}, withdrawn {}",
+        sends.len(),
+        s.delivered,
+        recovered.elapsed().as_secs_f64(),
+        s.parked,
+        s.already_settled,
+        s.dead_lettered_total(),
+        s.requeued,
+        s.withdrawn
+    );
+    assert_eq!(sends.len() as u64, total, "every job reached APNs");
+    assert_eq!(twice, 0, "no job was sent twice");
+    assert_eq!(s.delivered, total);
+    assert_eq!(s.dead_lettered_total(), 0);
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}

@@ -14,7 +14,10 @@ use crate::config::{BrokerSettings, ConfigError};
 
 pub use consumer::{Consumer, Incoming};
 pub use publisher::{PublishError, Publisher, event_props, job_props};
-pub use topology::{Entity, Topology, declare_topology, delay_queue_name, delete_entities};
+pub use topology::{
+    Argument, Declaration, Entity, ExchangeType, Topology, declare_topology, delay_queue_name,
+    delete_entities, plan as topology_plan,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AmqpError {

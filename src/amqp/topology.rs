@@ -7,7 +7,7 @@ use lapin::options::{
     ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{Channel, Connection, ExchangeKind};
 
 use super::{AmqpError, long, text};
@@ -19,20 +19,134 @@ pub fn delay_queue_name(q: &QueueSettings, level_ms: u64) -> String {
     format!("{}.{level_ms}", q.retry_prefix)
 }
 
-fn queue_args(kind: QueueType, extra: &[(&str, AMQPValue)]) -> FieldTable {
-    let mut t = FieldTable::default();
+/// A queue argument's value: the two forms the topology uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Argument {
+    Text(String),
+    Int(i64),
+}
+
+/// The kind of an exchange the worker declares.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExchangeType {
+    Direct,
+    Topic,
+}
+
+impl ExchangeType {
+    pub fn name(self) -> &'static str {
+        match self {
+            ExchangeType::Direct => "direct",
+            ExchangeType::Topic => "topic",
+        }
+    }
+}
+
+/// One declaration of the topology. Every queue and exchange is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Declaration {
+    Exchange {
+        name: String,
+        kind: ExchangeType,
+    },
+    Queue {
+        name: String,
+        /// `x-` arguments, `x-queue-type` first.
+        arguments: Vec<(&'static str, Argument)>,
+    },
+    Binding {
+        queue: String,
+        exchange: String,
+        routing_key: String,
+    },
+}
+
+fn queue_arguments(
+    kind: QueueType,
+    extra: Vec<(&'static str, Argument)>,
+) -> Vec<(&'static str, Argument)> {
     let type_name = match kind {
         QueueType::Quorum => "quorum",
         QueueType::Classic => "classic",
     };
-    t.insert("x-queue-type".into(), text(type_name));
+    let mut args = vec![("x-queue-type", Argument::Text(type_name.into()))];
     if kind == QueueType::Quorum {
         // Dead-lettering from quorum queues is at-most-once unless asked otherwise.
-        t.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-        t.insert("x-overflow".into(), text("reject-publish"));
+        args.push((
+            "x-dead-letter-strategy",
+            Argument::Text("at-least-once".into()),
+        ));
+        args.push(("x-overflow", Argument::Text("reject-publish".into())));
     }
-    for (k, v) in extra {
-        t.insert((*k).into(), v.clone());
+    args.extend(extra);
+    args
+}
+
+/// Everything the worker declares, in the order it declares it: the one description
+/// of the topology, which `declare_topology` carries out and `apns-worker topology`
+/// prints as Messaging Topology Operator objects (for `queues.declare = false`).
+pub fn plan(q: &QueueSettings, r: &RetrySettings) -> Vec<Declaration> {
+    let text = |s: &str| Argument::Text(s.to_string());
+    let queue = |name: &str, extra| Declaration::Queue {
+        name: name.to_string(),
+        arguments: queue_arguments(q.jobs_type, extra),
+    };
+    let exchange = |name: &str, kind| Declaration::Exchange {
+        name: name.to_string(),
+        kind,
+    };
+    let binding = |queue: &str, exchange: &str, key: &str| Declaration::Binding {
+        queue: queue.to_string(),
+        exchange: exchange.to_string(),
+        routing_key: key.to_string(),
+    };
+    let mut d = vec![
+        exchange(&q.dead_letter_exchange, ExchangeType::Direct),
+        queue(&q.dead_letter_queue, vec![]),
+        binding(&q.dead_letter_queue, &q.dead_letter_exchange, &q.jobs),
+    ];
+    let mut jobs_extra = vec![
+        ("x-dead-letter-exchange", text(&q.dead_letter_exchange)),
+        ("x-dead-letter-routing-key", text(&q.jobs)),
+    ];
+    if q.jobs_type == QueueType::Quorum {
+        jobs_extra.push((
+            "x-delivery-limit",
+            Argument::Int(i64::from(q.delivery_limit)),
+        ));
+    }
+    d.push(queue(&q.jobs, jobs_extra));
+    for (ex, qu) in [
+        (&q.cleanup_exchange, &q.cleanup_queue),
+        (&q.environment_exchange, &q.environment_queue),
+    ] {
+        d.push(exchange(ex, ExchangeType::Topic));
+        if !qu.is_empty() {
+            d.push(queue(qu, vec![]));
+            d.push(binding(qu, ex, "#"));
+        }
+    }
+    for level in delay_levels(r) {
+        d.push(queue(
+            &delay_queue_name(q, level),
+            vec![
+                ("x-message-ttl", Argument::Int(level as i64)),
+                ("x-dead-letter-exchange", text("")),
+                ("x-dead-letter-routing-key", text(&q.jobs)),
+            ],
+        ));
+    }
+    d
+}
+
+fn field_table(arguments: &[(&'static str, Argument)]) -> FieldTable {
+    let mut t = FieldTable::default();
+    for (k, v) in arguments {
+        let v = match v {
+            Argument::Text(s) => text(s),
+            Argument::Int(n) => long(*n),
+        };
+        t.insert((*k).into(), v);
     }
     t
 }
@@ -100,47 +214,31 @@ async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()
     })
 }
 
-/// Declare everything the worker uses. Idempotent: the same arguments every time.
+/// Declare everything the worker uses ([`plan`]). Idempotent: the same arguments
+/// every time.
 pub async fn declare_topology(
     ch: &Channel,
     q: &QueueSettings,
     r: &RetrySettings,
 ) -> Result<(), AmqpError> {
-    declare_exchange(ch, &q.dead_letter_exchange, ExchangeKind::Direct).await?;
-    declare_queue(ch, &q.dead_letter_queue, queue_args(q.jobs_type, &[])).await?;
-    bind(ch, &q.dead_letter_queue, &q.dead_letter_exchange, &q.jobs).await?;
-
-    let mut jobs_extra = vec![
-        ("x-dead-letter-exchange", text(&q.dead_letter_exchange)),
-        ("x-dead-letter-routing-key", text(&q.jobs)),
-    ];
-    if q.jobs_type == QueueType::Quorum {
-        jobs_extra.push(("x-delivery-limit", long(i64::from(q.delivery_limit))));
-    }
-    declare_queue(ch, &q.jobs, queue_args(q.jobs_type, &jobs_extra)).await?;
-
-    declare_exchange(ch, &q.cleanup_exchange, ExchangeKind::Topic).await?;
-    if !q.cleanup_queue.is_empty() {
-        declare_queue(ch, &q.cleanup_queue, queue_args(q.jobs_type, &[])).await?;
-        bind(ch, &q.cleanup_queue, &q.cleanup_exchange, "#").await?;
-    }
-
-    declare_exchange(ch, &q.environment_exchange, ExchangeKind::Topic).await?;
-    if !q.environment_queue.is_empty() {
-        declare_queue(ch, &q.environment_queue, queue_args(q.jobs_type, &[])).await?;
-        bind(ch, &q.environment_queue, &q.environment_exchange, "#").await?;
-    }
-
-    for level in delay_levels(r) {
-        let args = queue_args(
-            q.jobs_type,
-            &[
-                ("x-message-ttl", long(level as i64)),
-                ("x-dead-letter-exchange", text("")),
-                ("x-dead-letter-routing-key", text(&q.jobs)),
-            ],
-        );
-        declare_queue(ch, &delay_queue_name(q, level), args).await?;
+    for d in plan(q, r) {
+        match d {
+            Declaration::Exchange { name, kind } => {
+                let kind = match kind {
+                    ExchangeType::Direct => ExchangeKind::Direct,
+                    ExchangeType::Topic => ExchangeKind::Topic,
+                };
+                declare_exchange(ch, &name, kind).await?
+            }
+            Declaration::Queue { name, arguments } => {
+                declare_queue(ch, &name, field_table(&arguments)).await?
+            }
+            Declaration::Binding {
+                queue,
+                exchange,
+                routing_key,
+            } => bind(ch, &queue, &exchange, &routing_key).await?,
+        }
     }
     Ok(())
 }

@@ -215,6 +215,13 @@ impl BrokerSettings {
         self.host_port().map(|(h, p)| format!("{h}:{p}"))
     }
 
+    /// The vhost the URL names (`/` when it names none).
+    pub fn vhost(&self) -> Option<String> {
+        let url = self.effective_url().ok()?;
+        let u: lapin::uri::AMQPUri = url.expose().parse().ok()?;
+        Some(u.vhost)
+    }
+
     /// The broker's host and port (from the URL, or `url_file`).
     pub fn host_port(&self) -> Option<(String, u16)> {
         let url = self.effective_url().ok()?;
