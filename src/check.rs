@@ -111,15 +111,10 @@ pub async fn probe(cfg: &Config) -> Result<Vec<String>, Vec<String>> {
         let n = Notification::new(parts).expect("probe notification is valid");
         let line = match client.send(name, &n).await {
             Ok(d) => {
-                let answer = format!(
-                    "{} {}",
-                    d.response.status,
-                    d.response
-                        .reason
-                        .as_ref()
-                        .map(|r| r.to_string())
-                        .unwrap_or_default()
-                );
+                let answer = match &d.response.reason {
+                    Some(r) => format!("{} {r}", d.response.status),
+                    None => d.response.status.to_string(),
+                };
                 match d.outcome {
                     Outcome::CredentialsBroken { .. } | Outcome::RefreshToken => Err(format!(
                         "apps.{name}: APNs refuses the credentials ({answer})"

@@ -275,6 +275,11 @@ async fn command(command: Command) -> Result<(), Fatal> {
                 Ok(())
             }
             Command::Healthcheck { url, timeout_ms } => {
+                if !url.starts_with("http://") {
+                    return Err(Fatal::usage(
+                        "--url must be http://host:port/path (the admin endpoint's /readyz)",
+                    ));
+                }
                 healthcheck(&url, std::time::Duration::from_millis(timeout_ms))
                     .map_err(Fatal::runtime)
             }

@@ -26,11 +26,11 @@ pub enum PublishCmdError {
     #[error("publishing failed: {0}")]
     Publish(String),
     #[error(
-        "the broker refused or could not route {0} job(s) (does the queue exist? run the worker once to declare it)"
+        "the broker did not take {0} job(s): refused (a queue at its length limit refuses new messages) or not routed (no such queue); the others were published"
     )]
     Refused(u64),
     #[error(
-        "queue {0:?} does not exist; nothing was published (run the worker once, or publish with queues.declare = true, to declare the topology)"
+        "queue {0:?} does not exist; nothing was published (the worker declares its queues.jobs when it starts, and so does publish when queues.declare = true: check the queue's name, or start the worker once)"
     )]
     NoQueue(String),
 }

@@ -97,6 +97,9 @@ fn usage_errors_exit_2() {
     assert!(err.contains("give --file"), "{err}");
     let (code, _, _) = run(worker().arg("no-such-command"));
     assert_eq!(code, 2);
+    let (code, _, err) = run(worker().args(["healthcheck", "--url", "notaurl"]));
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--url must be http://"), "{err}");
 }
 
 #[test]
@@ -209,4 +212,55 @@ fn healthcheck_exits_0_when_ready_and_1_with_the_reason_otherwise() {
     let (code, _, err) =
         run(worker().args(["healthcheck", "--url", &format!("http://{closed}/readyz")]));
     assert_eq!(code, 1, "{err}");
+}
+
+/// `check-config --probe` against the mock: good credentials are told apart from bad
+/// ones by what APNs answers to a token of zeros (400 BadDeviceToken), and nothing is
+/// delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_credentials_probe_tells_good_keys_from_bad_ones() {
+    let m = mock(Faults::default()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let q = apns_worker::config::QueueSettings::with_prefix("test.probe.");
+    let r = apns_worker::config::RetrySettings::default();
+    let endpoint = m.mock.endpoint().to_string();
+    let good = m.mock.generate_key(TEAM, KEY).unwrap();
+    let (bad, _public) = apns_mock::certs::generate_signing_key().unwrap();
+    for (name, key, code, says) in [
+        ("good", good, 0, "(400 BadDeviceToken for the probe token)"),
+        (
+            "bad",
+            bad,
+            3,
+            "APNs refuses the credentials (403 InvalidProviderToken)",
+        ),
+    ] {
+        let config = write_config(&ChildConfig {
+            dir: dir.path(),
+            name,
+            broker_url: "amqp://guest:guest@127.0.0.1:5672/%2f",
+            queues: &q,
+            retry: &r,
+            endpoint: &endpoint,
+            ca: &m.ca,
+            key_pem: &key,
+            extra: "",
+        });
+        let (got, out, err) = tokio::task::spawn_blocking(move || {
+            run(worker()
+                .args(["check-config", "--probe", "-c"])
+                .arg(&config))
+        })
+        .await
+        .unwrap();
+        assert_eq!(got, code, "{name}: {out}{err}");
+        assert!(
+            out.contains(says) || err.contains(says),
+            "{name}: {out}{err}"
+        );
+    }
+    assert!(
+        m.mock.received().iter().all(|r| r.status != 200),
+        "the probe delivers nothing"
+    );
 }

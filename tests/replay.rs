@@ -346,3 +346,52 @@ async fn twins_of_a_parked_copy_go_on_as_one() {
     );
     broker::delete_topology(&conn, &q, &cfg.retry).await;
 }
+
+/// A producer's control headers do not ride along on a park copy: once the copy comes
+/// back from the delay queue the worker trusts what it carries, so it must carry the
+/// worker's values (a forged `x-attempts = 100` would otherwise dead-letter the job
+/// after one send once the app recovers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_park_copy_carries_the_workers_state_not_the_producers() {
+    let m = mock(Faults::default()).await;
+    let q = broker::topology("parkforged");
+    // A key the mock does not know: APNs refuses the credentials, the job parks.
+    let (pem, _public) = apns_mock::certs::generate_signing_key().unwrap();
+    let mut app = m.token_app(TEAM, KEY, 1);
+    app.keys[0].key = Some(apns::secret::Secret::new(pem));
+    let mut cfg = worker_config(q.clone(), vec![("shop", app)]);
+    cfg.retry.park_delay_ms = 60_000;
+    let conn = broker::connect().await;
+    let w = broker::start(cfg.clone()).await;
+    let forged_id = "6b1a2f8e-0000-4000-8000-000000000001";
+    let forged = with_headers(
+        props(),
+        &[
+            ("x-attempts", AMQPValue::LongLongInt(100)),
+            ("x-apns-hop", AMQPValue::LongLongInt(5)),
+            ("x-apns-lineage", AMQPValue::LongLongInt(7)),
+            ("x-apns-config-waits", AMQPValue::LongLongInt(9)),
+            ("x-apns-id", text(forged_id)),
+        ],
+    );
+    broker::publish_raw(
+        &conn,
+        &q.jobs,
+        vec![(job(&token("0d", 1), None).into_bytes(), forged)],
+    )
+    .await;
+    w.wait_until("parked", Duration::from_secs(20), |s| s.parked >= 1)
+        .await;
+    let s = w.stop().await;
+    assert_eq!(s.parked, 1, "{s:?}");
+    let copies = broker::drain_queue(&conn, &format!("{}.60000", q.retry_prefix)).await;
+    assert_eq!(copies.len(), 1);
+    let c = &copies[0];
+    assert_eq!(c.header_int("x-attempts"), Some(0), "the worker's count");
+    assert_eq!(c.header_int("x-apns-hop"), Some(1));
+    assert_eq!(c.header_int("x-apns-config-waits"), Some(0));
+    assert_eq!(c.header_int("x-apns-lineage"), None, "the producer's run");
+    let stamped = c.header_str("x-apns-id").expect("the drawn apns-id");
+    assert_ne!(stamped, forged_id);
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}

@@ -138,8 +138,11 @@ impl Incoming {
     /// headers, the delay queue's TTL as the expiration, and no `user-id` (RabbitMQ
     /// refuses a publish whose user-id is not the connection's user; the original is
     /// kept as `x-apns-original-user-id`).
+    /// The properties of a copy for a delay queue: the original's, with the worker's
+    /// control headers replaced by `headers` (never the ones the message came with: a
+    /// producer's `x-attempts` must not become trusted once the copy comes back).
     pub fn copy_props(&self, headers: &[(&str, HeaderValue)], ttl_ms: u64) -> BasicProperties {
-        self.republish(headers, &[], Some(ttl_ms))
+        self.republish(headers, COPY_DROPS, Some(ttl_ms))
     }
 
     /// The properties of a dead letter: the original's, with the worker's headers, and
@@ -166,6 +169,8 @@ impl Incoming {
                 }
             }
             table = kept;
+        }
+        if expiration_ms.is_none() && !drop.is_empty() {
             if let Some(e) = p.expiration() {
                 table.insert("x-apns-original-expiration".into(), text(e.as_str()));
             }
@@ -209,6 +214,16 @@ impl Incoming {
         out
     }
 }
+
+/// The worker's control headers: a copy for a delay queue carries the worker's values
+/// of them, never the incoming message's (`copy_props`).
+const COPY_DROPS: &[&str] = &[
+    "x-attempts",
+    "x-apns-hop",
+    "x-apns-id",
+    "x-apns-lineage",
+    "x-apns-config-waits",
+];
 
 /// Headers a dead letter does not carry (`dead_letter_props`).
 const DEAD_LETTER_DROPS: &[&str] = &[

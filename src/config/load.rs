@@ -21,9 +21,9 @@ impl Config {
     fn from_table(table: toml::Table, origin: &str) -> Result<Config, ConfigError> {
         let cfg: Config = toml::Value::Table(table)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Toml {
+            .map_err(|e: toml::de::Error| ConfigError::Setting {
                 path: origin.into(),
-                message: e.to_string(),
+                message: one_line(&e),
             })?;
         cfg.check()?;
         Ok(cfg)
@@ -53,10 +53,14 @@ impl Config {
         overlay_env(&mut table, env.clone())?;
         let parsed: Result<Config, toml::de::Error> = toml::Value::Table(table).try_into();
         match parsed {
-            Ok(cfg) => {
-                cfg.check()?;
-                Ok(cfg)
-            }
+            Ok(cfg) => match cfg.check() {
+                Ok(()) => Ok(cfg),
+                Err(ConfigError::Invalid(message)) => Err(match set_by(&env, &message) {
+                    Some(var) => ConfigError::Env { var, message },
+                    None => ConfigError::Invalid(message),
+                }),
+                Err(e) => Err(e),
+            },
             Err(e) => Err(blame(file_only, &env, &origin, e)),
         }
     }
@@ -92,20 +96,55 @@ fn blame(
             }
         }
     }
-    ConfigError::Toml {
+    ConfigError::Setting {
         path: origin.into(),
         message: one_line(&whole),
     }
 }
 
-/// A TOML error on one line.
+/// The `APNS_WORKER__*` variable that set the setting a check's message starts with
+/// (`broker.prefetch must be ...`), so the message can name it.
+fn set_by(env: &[(String, String)], message: &str) -> Option<String> {
+    env.iter()
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+        .map(|(k, _)| k)
+        .filter(|k| {
+            let key = k[ENV_PREFIX.len()..]
+                .to_ascii_lowercase()
+                .replace("__", ".");
+            message
+                .strip_prefix(key.as_str())
+                .is_some_and(|rest| rest.starts_with([' ', ':', ',']) || rest.is_empty())
+        })
+        // The longest match: apps.shop.team_id over apps.shop.
+        .max_by_key(|k| k.len())
+        .cloned()
+}
+
+/// A TOML error on one line, its Rust type names in words.
 fn one_line(e: &toml::de::Error) -> String {
-    e.to_string()
+    let mut line = e
+        .to_string()
         .lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
-        .join(" ")
+        .join(" ");
+    for (rust, words) in [
+        ("expected u8", "expected a whole number from 0 to 255"),
+        ("expected u16", "expected a whole number from 0 to 65535"),
+        (
+            "expected u32",
+            "expected a whole number from 0 to 4294967295",
+        ),
+        ("expected u64", "expected a whole number from 0"),
+        ("expected usize", "expected a whole number from 0"),
+        ("expected i64", "expected a whole number"),
+        ("expected f64", "expected a number"),
+    ] {
+        line = line.replace(rust, words);
+    }
+    line
 }
 
 /// Apply `APNS_WORKER__A__B=value` as `a.b = value`. Values are read as TOML when they

@@ -28,6 +28,8 @@ pub enum ConfigError {
     },
     #[error("config file {path} is not valid TOML: {message}")]
     Toml { path: String, message: String },
+    #[error("config file {path}: {message}")]
+    Setting { path: String, message: String },
     #[error("environment variable {var}: {message}")]
     Env { var: String, message: String },
     #[error("config: {0}")]

@@ -178,3 +178,57 @@ fn a_wrong_environment_variable_is_named() {
     );
     assert!(!e.contains("<defaults>"), "{e}");
 }
+
+#[test]
+fn a_rule_broken_by_an_environment_variable_names_it() {
+    for (var, value, says) in [
+        ("APNS_WORKER__BROKER__PREFETCH", "0", "broker.prefetch"),
+        (
+            "APNS_WORKER__APNS__TOKEN_REFRESH_SECS",
+            "100",
+            "apns.token_refresh_secs",
+        ),
+    ] {
+        let e = Config::load(None, vec![(var.to_string(), value.to_string())])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with(&format!("environment variable {var}: {says}")),
+            "{e}"
+        );
+    }
+    // Set in the file, the same rule names the setting only.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    std::fs::write(&file, "[broker]\nprefetch = 0\n").unwrap();
+    let e = Config::load(Some(&file), Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.starts_with("config: broker.prefetch"), "{e}");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_in_the_file_is_not_called_bad_toml() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("c.toml");
+    for (text, says) in [
+        (
+            "[broker]\nprefetch = \"lots\"\n",
+            "expected a whole number from 0 to 65535",
+        ),
+        ("[broker]\nprefetch = 70000\n", "65535"),
+    ] {
+        std::fs::write(&file, text).unwrap();
+        let e = Config::load(Some(&file), Vec::new())
+            .unwrap_err()
+            .to_string();
+        assert!(!e.contains("not valid TOML"), "{e}");
+        assert!(!e.contains("u16"), "{e}");
+        assert!(e.contains(says) && e.contains("broker.prefetch"), "{e}");
+    }
+    std::fs::write(&file, "[broker\nprefetch = 1\n").unwrap();
+    let e = Config::load(Some(&file), Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("not valid TOML"), "{e}");
+}

@@ -256,6 +256,12 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
         inc: &inc,
         key,
         stamp_apns_id: job.is_some_and(|j| j.job_id.is_none()),
+        control: execute::CopyState {
+            attempts: attempts_before,
+            config_waits,
+            lineage,
+            hop,
+        },
     };
     let carried_out = execute::carry_out(
         &s,

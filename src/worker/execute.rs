@@ -52,6 +52,18 @@ pub struct Settling<'a> {
     /// Stamp the apns-id on retries (`x-apns-id`): the job has no id of its own, so the
     /// apns-id was drawn at random and must travel with the job.
     pub stamp_apns_id: bool,
+    /// The trusted control state the message came with (zero on a producer's message):
+    /// what a park copy carries on.
+    pub control: CopyState,
+}
+
+/// What a delay-queue copy carries of the worker's own state.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CopyState {
+    pub attempts: u32,
+    pub config_waits: u32,
+    pub lineage: u64,
+    pub hop: u32,
 }
 
 /// Carry out `settlement` and settle the delivery's guard: ack after a confirmed
@@ -65,7 +77,12 @@ pub async fn carry_out(
     guard: Guard,
 ) -> Result<(), PublishError> {
     let inc = m.inc;
-    let (lineage, hop) = m.key.map(|k| (k.lineage, k.hop)).unwrap_or((0, 0));
+    let CopyState {
+        attempts,
+        config_waits,
+        lineage,
+        hop,
+    } = m.control;
     let stamp = m.key.filter(|_| m.stamp_apns_id).map(|k| k.apns_id);
     if let Settlement::Requeue { .. } = settlement {
         if let Some(key) = &m.key {
@@ -121,6 +138,10 @@ pub async fn carry_out(
         } => {
             let headers = [
                 ("x-attempts", HeaderValue::Int(i64::from(*attempt))),
+                (
+                    "x-apns-config-waits",
+                    HeaderValue::Int(i64::from(config_waits)),
+                ),
                 ("x-apns-last-reason", HeaderValue::Text(reason.clone())),
             ];
             to_delay_queue(s, q, inc, *delay, (lineage, hop), stamp, &headers).await
@@ -131,13 +152,21 @@ pub async fn carry_out(
             reason,
         } => {
             let headers = [
+                ("x-attempts", HeaderValue::Int(i64::from(attempts))),
                 ("x-apns-config-waits", HeaderValue::Int(i64::from(*waits))),
                 ("x-apns-parked", HeaderValue::Text((*reason).to_string())),
             ];
             to_delay_queue(s, q, inc, *delay, (lineage, hop), stamp, &headers).await
         }
         Settlement::Park { delay, reason } => {
-            let headers = [("x-apns-parked", HeaderValue::Text(reason.clone()))];
+            let headers = [
+                ("x-attempts", HeaderValue::Int(i64::from(attempts))),
+                (
+                    "x-apns-config-waits",
+                    HeaderValue::Int(i64::from(config_waits)),
+                ),
+                ("x-apns-parked", HeaderValue::Text(reason.clone())),
+            ];
             to_delay_queue(s, q, inc, *delay, (lineage, hop), stamp, &headers).await
         }
     };

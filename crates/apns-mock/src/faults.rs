@@ -163,7 +163,10 @@ impl Faults {
                 timestamp: Some(*ts),
             };
         }
-        if self.bad_tokens.contains(token) {
+        // Like APNs: a token of zeros is never a device's (`check-config --probe` uses it).
+        if self.bad_tokens.contains(token)
+            || (!token.is_empty() && token.bytes().all(|b| b == b'0'))
+        {
             return Action::Answer {
                 status: 400,
                 reason: Some(Reason::BadDeviceToken),
