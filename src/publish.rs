@@ -56,7 +56,8 @@ pub struct Synthetic {
 }
 
 /// A device token for generated jobs: `prefix`, zeros, then `n` in 16 hex digits (64
-/// hex digits in all; a prefix longer than 48 digits makes a longer token).
+/// hex digits in all; a prefix longer than 48 digits makes a longer token). Never the
+/// all-zero token, which APNs refuses.
 pub fn synthetic_token(prefix: &str, n: u64) -> String {
     let tail = format!("{n:016x}");
     let mut t = String::with_capacity(64);
@@ -64,7 +65,13 @@ pub fn synthetic_token(prefix: &str, n: u64) -> String {
     while t.len() + tail.len() < 64 {
         t.push('0');
     }
-    t + &tail
+    let t = t + &tail;
+    // APNs refuses the all-zero token (BadDeviceToken: `check-config --probe` relies on
+    // it), so job 0 without a prefix gets the all-f token instead.
+    if t.bytes().all(|b| b == b'0') {
+        return "f".repeat(64);
+    }
+    t
 }
 
 /// An alert payload of about `bytes` bytes: title, "notification <n>", and a `pad`
@@ -294,4 +301,21 @@ async fn ready_queue(conn: &Connection, cfg: &Config, queue: &str) -> Result<(),
     found
         .map(|_| ())
         .map_err(|_| PublishCmdError::NoQueue(queue.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::synthetic_token;
+
+    #[test]
+    fn synthetic_tokens_are_64_hex_digits_and_never_all_zeros() {
+        for (prefix, n, want) in [
+            ("", 0, "f".repeat(64)),
+            ("00", 0, "f".repeat(64)),
+            ("", 1, format!("{}1", "0".repeat(63))),
+            ("dead", 10, format!("dead{}a", "0".repeat(59))),
+        ] {
+            assert_eq!(synthetic_token(prefix, n), want, "{prefix:?} {n}");
+        }
+    }
 }
