@@ -10,9 +10,7 @@ use apns_worker::config::{Config, QueueSettings, RetrySettings};
 use apns_worker::settle::delay_levels;
 use apns_worker::worker::Summary;
 use apns_worker::worker::{Worker, serve};
-use lapin::options::{
-    BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{BasicGetOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 
@@ -46,29 +44,16 @@ pub fn fast_retry() -> RetrySettings {
 
 /// Delete every queue and exchange of the topology.
 pub async fn delete_topology(conn: &Connection, q: &QueueSettings, r: &RetrySettings) {
-    let ch = conn.create_channel().await.unwrap();
-    let mut queues = vec![
-        q.jobs.clone(),
-        q.dead_letter_queue.clone(),
-        q.cleanup_queue.clone(),
-    ];
-    queues.extend(
-        delay_levels(r)
-            .into_iter()
-            .map(|l| amqp::delay_queue_name(q, l)),
-    );
-    // An empty name (a queue not declared) would fail and close the channel.
-    for name in queues.into_iter().filter(|n| !n.is_empty()) {
-        let _ = ch
-            .queue_delete(name.as_str().into(), QueueDeleteOptions::default())
-            .await;
+    // The worker's own list of what it declares (environment-mismatch queue included).
+    let left = amqp::Topology {
+        queues: q,
+        retry: r,
     }
-    for name in [&q.dead_letter_exchange, &q.cleanup_exchange] {
-        let _ = ch
-            .exchange_delete(name.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
+    .delete(conn)
+    .await;
+    if !left.is_empty() {
+        eprintln!("test topology not deleted: {left:?}");
     }
-    let _ = ch.close(200, "bye".into()).await;
 }
 
 /// Messages ready in a queue.
