@@ -199,7 +199,8 @@ pub struct Context<'a> {
 
 /// The one decision from an outcome to a settlement.
 pub fn decide(outcome: &Outcome, ctx: &Context<'_>, rng: &mut fastrand::Rng) -> Settlement {
-    let attempts = ctx.attempts_before + 1;
+    // Saturating: a copy's x-attempts may be as high as u32::MAX.
+    let attempts = ctx.attempts_before.saturating_add(1);
     match outcome {
         Outcome::Delivered => Settlement::Ack(AckKind::Delivered),
         Outcome::TokenDead {
@@ -350,6 +351,23 @@ mod tests {
             apns_id: Some("id".into()),
             observed_at: std::time::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
         }
+    }
+
+    #[test]
+    fn the_highest_attempt_count_a_copy_can_carry_ends_the_retries() {
+        let r = RetrySettings::default();
+        let retry = Outcome::RetryLater(RetryCause::Status {
+            status: 503,
+            reason: Some(Reason::ServiceUnavailable),
+        });
+        let mut rng = fastrand::Rng::with_seed(1);
+        let Settlement::DeadLetter(dl) = decide(&retry, &ctx(&r, u32::MAX), &mut rng) else {
+            panic!("no wrap to 0, no new budget")
+        };
+        assert_eq!(
+            (dl.reason.as_str(), dl.attempts),
+            ("RetriesExhausted", u32::MAX)
+        );
     }
 
     #[test]

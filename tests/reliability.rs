@@ -772,9 +772,12 @@ async fn a_lost_session_withdraws_what_it_has_not_sent() {
     eprintln!("withdraw: {dups} duplicate sends; A {sa:?}; B {sb:?}");
     assert_eq!(sends.len() as u64, N, "every job sent");
     assert!(sa.withdrawn > 0, "A withdrew what it had not sent: {sa:?}");
-    // At most the requests A had on the wire when its session died, or started in the
-    // moment before it noticed (a stream's worth at most).
-    assert!(dups <= 2 * STREAMS as u64, "{dups} duplicates; A {sa:?}");
+    // At most the requests A had on the wire when its session died, and those it
+    // started before it noticed: each 200 ms answer frees a stream, so every round of
+    // answers before A sees the loss can start STREAMS more. Seen: 5 alone, 10 with the
+    // other tests of this file running beside it on two cores. Without the withdrawal
+    // every held job (~500) is sent twice.
+    assert!(dups <= 4 * STREAMS as u64, "{dups} duplicates; A {sa:?}");
     broker::delete_topology(&conn, &q, &a_cfg.retry).await;
 }
 

@@ -395,3 +395,61 @@ async fn a_park_copy_carries_the_workers_state_not_the_producers() {
     assert_ne!(stamped, forged_id);
     broker::delete_topology(&conn, &q, &cfg.retry).await;
 }
+
+/// RabbitMQ routes a message to the queues its `CC` header names as well; a copy or a
+/// dead letter that kept a producer's `CC` would land there too (in the jobs queue, a
+/// retry sent at once, again and again). And a transient job's copies and dead letter
+/// are persistent all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn copies_and_dead_letters_drop_cc_and_are_persistent() {
+    use lapin::options::{QueueDeclareOptions, QueueDeleteOptions};
+    let m = mock(Faults {
+        rules: vec![rule("cc50", 503, "ServiceUnavailable", None)],
+        ..Faults::default()
+    })
+    .await;
+    let q = broker::topology("cc");
+    let cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 1))]);
+    let conn = broker::connect().await;
+    let probe = format!("{}.cc-probe", q.jobs);
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        probe.as_str().into(),
+        QueueDeclareOptions::default(),
+        FieldTable::default(),
+    )
+    .await
+    .unwrap();
+    let w = broker::start(cfg.clone()).await;
+    let transient = with_headers(
+        BasicProperties::default()
+            .with_content_type(ShortString::from("application/json"))
+            .with_delivery_mode(1),
+        &[(
+            "CC",
+            AMQPValue::FieldArray(FieldArray::from(vec![text(&probe)])),
+        )],
+    );
+    broker::publish_raw(
+        &conn,
+        &q.jobs,
+        vec![(job(&token("cc50", 1), Some("cc-1")).into_bytes(), transient)],
+    )
+    .await;
+    w.wait_terminal(1, Duration::from_secs(30)).await;
+    let s = w.stop().await;
+    assert_eq!(s.retried, u64::from(cfg.retry.max_attempts - 1), "{s:?}");
+    assert_eq!(
+        broker::depth(&conn, &probe).await,
+        1,
+        "only the producer's own publish reached the CC queue"
+    );
+    let dead = broker::drain_queue(&conn, &q.dead_letter_queue).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].props.delivery_mode(), &Some(2), "persistent");
+    assert!(dead[0].header("CC").is_none(), "no CC on the dead letter");
+    ch.queue_delete(probe.as_str().into(), QueueDeleteOptions::default())
+        .await
+        .unwrap();
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}

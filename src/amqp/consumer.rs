@@ -197,7 +197,9 @@ impl Incoming {
         }
         keep!(content_type, with_content_type);
         keep!(content_encoding, with_content_encoding);
-        keep!(delivery_mode, with_delivery_mode);
+        // Persistent whatever the producer chose: a copy or a dead letter must survive a
+        // broker restart on classic queues too.
+        out = out.with_delivery_mode(2);
         keep!(priority, with_priority);
         keep!(correlation_id, with_correlation_id);
         keep!(reply_to, with_reply_to);
@@ -218,6 +220,10 @@ impl Incoming {
 /// The worker's control headers: a copy for a delay queue carries the worker's values
 /// of them, never the incoming message's (`copy_props`).
 const COPY_DROPS: &[&str] = &[
+    // Sender-selected distribution: RabbitMQ would route the copy to these queues too
+    // (the jobs queue, say: a retry sent at once, again and again).
+    "CC",
+    "BCC",
     "x-attempts",
     "x-apns-hop",
     "x-apns-id",
@@ -227,6 +233,12 @@ const COPY_DROPS: &[&str] = &[
 
 /// Headers a dead letter does not carry (`dead_letter_props`).
 const DEAD_LETTER_DROPS: &[&str] = &[
+    "CC",
+    "BCC",
+    // The worker's informational headers: set by the worker when they apply, never
+    // inherited from what a producer sent.
+    "x-apns-status",
+    "x-apns-original-expiration",
     "x-death",
     "x-apns-config-waits",
     "x-first-death-exchange",
