@@ -4,7 +4,7 @@
 //! (`queues.declare = false`) and the operator owns the topology. Pure: config in,
 //! a Kubernetes `List` out.
 
-use std::collections::BTreeMap;
+use std::collections::BTreeSet;
 
 use serde_json::{Map, Value, json};
 
@@ -58,7 +58,7 @@ pub fn objects(plan: &[Declaration], target: &Target) -> Result<Value, OperatorE
     if let Some(ns) = &target.cluster_namespace {
         cluster["namespace"] = json!(ns);
     }
-    let mut seen = BTreeMap::new();
+    let mut seen = BTreeSet::new();
     let mut items = Vec::new();
     for d in plan {
         let (kind, name, spec) = match d {
@@ -109,7 +109,7 @@ pub fn objects(plan: &[Declaration], target: &Target) -> Result<Value, OperatorE
                 }),
             ),
         };
-        if seen.insert((kind, name.clone()), ()).is_some() {
+        if !seen.insert((kind, name.clone())) {
             return Err(OperatorError::NameClash(name));
         }
         let mut spec = spec;

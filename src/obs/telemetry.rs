@@ -91,6 +91,20 @@ fn otlp_wanted(signal: &str) -> bool {
             || set(&format!("OTEL_EXPORTER_OTLP_{upper}_ENDPOINT")))
 }
 
+/// The exporter for `signal` over the transport [`otlp_protocol`] chooses.
+fn otlp_exporter<E>(
+    signal: &str,
+    var: impl Fn(&str) -> Option<String>,
+    grpc: impl FnOnce() -> Result<E, opentelemetry_otlp::ExporterBuildError>,
+    http: impl FnOnce() -> Result<E, opentelemetry_otlp::ExporterBuildError>,
+) -> Result<E, String> {
+    match otlp_protocol(signal, var)? {
+        opentelemetry_otlp::Protocol::Grpc => grpc(),
+        _ => http(),
+    }
+    .map_err(|e| e.to_string())
+}
+
 /// The OTLP transport for `signal`: `OTEL_EXPORTER_OTLP_<SIGNAL>_PROTOCOL`, else
 /// `OTEL_EXPORTER_OTLP_PROTOCOL`, else gRPC. `http/json` is not offered.
 pub fn otlp_protocol(
@@ -168,18 +182,21 @@ pub fn init_logging_with(default_level: &str) -> Telemetry {
     let mut telemetry = Telemetry::default();
     let env = |k: &str| std::env::var(k).ok();
     let otel_layer = if otlp_wanted("traces") {
-        let exporter = match otlp_protocol("traces", env) {
-            Ok(opentelemetry_otlp::Protocol::Grpc) => opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .build()
-                .map_err(|e| e.to_string()),
-            Ok(_) => opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .build()
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
+        let exporter = otlp_exporter(
+            "traces",
+            env,
+            || {
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .build()
+            },
+            || {
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .build()
+            },
+        );
         match exporter {
             Ok(exporter) => {
                 let provider = SdkTracerProvider::builder()
@@ -201,18 +218,21 @@ pub fn init_logging_with(default_level: &str) -> Telemetry {
     };
     if otlp_wanted("metrics") {
         // Periodic export, every OTEL_METRIC_EXPORT_INTERVAL (default 60 s).
-        let exporter = match otlp_protocol("metrics", env) {
-            Ok(opentelemetry_otlp::Protocol::Grpc) => opentelemetry_otlp::MetricExporter::builder()
-                .with_tonic()
-                .build()
-                .map_err(|e| e.to_string()),
-            Ok(_) => opentelemetry_otlp::MetricExporter::builder()
-                .with_http()
-                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .build()
-                .map_err(|e| e.to_string()),
-            Err(e) => Err(e),
-        };
+        let exporter = otlp_exporter(
+            "metrics",
+            env,
+            || {
+                opentelemetry_otlp::MetricExporter::builder()
+                    .with_tonic()
+                    .build()
+            },
+            || {
+                opentelemetry_otlp::MetricExporter::builder()
+                    .with_http()
+                    .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                    .build()
+            },
+        );
         match exporter {
             Ok(exporter) => {
                 let meters = opentelemetry_sdk::metrics::SdkMeterProvider::builder()

@@ -77,12 +77,7 @@ pub async fn carry_out(
     guard: Guard,
 ) -> Result<(), PublishError> {
     let inc = m.inc;
-    let CopyState {
-        attempts,
-        config_waits,
-        lineage,
-        hop,
-    } = m.control;
+    let state = m.control;
     let stamp = m.key.filter(|_| m.stamp_apns_id).map(|k| k.apns_id);
     if let Settlement::Requeue { .. } = settlement {
         if let Some(key) = &m.key {
@@ -136,38 +131,28 @@ pub async fn carry_out(
             delay,
             reason,
         } => {
-            let headers = [
-                ("x-attempts", HeaderValue::Int(i64::from(*attempt))),
-                (
-                    "x-apns-config-waits",
-                    HeaderValue::Int(i64::from(config_waits)),
-                ),
-                ("x-apns-last-reason", HeaderValue::Text(reason.clone())),
-            ];
-            to_delay_queue(s, q, inc, *delay, (lineage, hop), stamp, &headers).await
+            let state = CopyState {
+                attempts: *attempt,
+                ..state
+            };
+            let reason = ("x-apns-last-reason", HeaderValue::Text(reason.clone()));
+            to_delay_queue(s, q, inc, *delay, state, stamp, reason).await
         }
         Settlement::AwaitConfig {
             waits,
             delay,
             reason,
         } => {
-            let headers = [
-                ("x-attempts", HeaderValue::Int(i64::from(attempts))),
-                ("x-apns-config-waits", HeaderValue::Int(i64::from(*waits))),
-                ("x-apns-parked", HeaderValue::Text((*reason).to_string())),
-            ];
-            to_delay_queue(s, q, inc, *delay, (lineage, hop), stamp, &headers).await
+            let state = CopyState {
+                config_waits: *waits,
+                ..state
+            };
+            let reason = ("x-apns-parked", HeaderValue::Text((*reason).to_string()));
+            to_delay_queue(s, q, inc, *delay, state, stamp, reason).await
         }
         Settlement::Park { delay, reason } => {
-            let headers = [
-                ("x-attempts", HeaderValue::Int(i64::from(attempts))),
-                (
-                    "x-apns-config-waits",
-                    HeaderValue::Int(i64::from(config_waits)),
-                ),
-                ("x-apns-parked", HeaderValue::Text(reason.clone())),
-            ];
-            to_delay_queue(s, q, inc, *delay, (lineage, hop), stamp, &headers).await
+            let reason = ("x-apns-parked", HeaderValue::Text(reason.clone()));
+            to_delay_queue(s, q, inc, *delay, state, stamp, reason).await
         }
     };
     if let Some(key) = &m.key {
@@ -197,20 +182,28 @@ fn truncate(s: &str, max: usize) -> &str {
 }
 
 /// Republish a job to the delay queue of `delay` (a retry or a park): a new message,
-/// one hop further in its lineage, carrying its apns-id when it has no id of its own.
+/// one hop further in its lineage, carrying the worker's state (`state`, never the
+/// incoming headers), its apns-id when it has no id of its own, and why it waits.
 async fn to_delay_queue(
     s: &Session,
     q: &QueueSettings,
     inc: &Incoming,
     delay: settle::DelayQueue,
-    (lineage, hop): (u64, u32),
+    state: CopyState,
     apns_id: Option<Uuid>,
-    extra: &[(&'static str, HeaderValue)],
+    reason: (&'static str, HeaderValue),
 ) -> Result<(), PublishError> {
-    let mut headers = extra.to_vec();
-    headers.push(("x-apns-hop", HeaderValue::Int(i64::from(hop) + 1)));
-    if lineage != 0 {
-        headers.push(("x-apns-lineage", HeaderValue::Int(lineage as i64)));
+    let mut headers = vec![
+        reason,
+        ("x-attempts", HeaderValue::Int(i64::from(state.attempts))),
+        (
+            "x-apns-config-waits",
+            HeaderValue::Int(i64::from(state.config_waits)),
+        ),
+        ("x-apns-hop", HeaderValue::Int(i64::from(state.hop) + 1)),
+    ];
+    if state.lineage != 0 {
+        headers.push(("x-apns-lineage", HeaderValue::Int(state.lineage as i64)));
     }
     if let Some(id) = apns_id {
         headers.push(("x-apns-id", HeaderValue::Text(id.to_string())));
