@@ -8,6 +8,7 @@
 //! `signals`. `ARCHITECTURE.md` has the map.
 
 pub mod amqp;
+pub mod channels;
 pub mod check;
 pub mod config;
 pub mod job;

@@ -103,6 +103,12 @@ enum Command {
         #[arg(long)]
         vhost: Option<String>,
     },
+    /// Manage an app's Live Activity broadcast channels on APNs (create, get, delete,
+    /// list) with its configured credentials; prints JSON.
+    Channels {
+        #[command(subcommand)]
+        action: ChannelsAction,
+    },
     /// Print the effective configuration (secrets redacted) and check it.
     CheckConfig {
         /// TOML config file; APNS_WORKER__SECTION__KEY variables override it.
@@ -116,6 +122,53 @@ enum Command {
         /// files (for CI, where the secrets are not mounted).
         #[arg(long = "static")]
         static_only: bool,
+    },
+}
+
+/// Which app and environment a channels command acts on.
+#[derive(clap::Args)]
+struct ChannelsTarget {
+    #[arg(long, short, env = "APNS_WORKER_CONFIG")]
+    config: Option<PathBuf>,
+    /// The app (credentials profile) of the config; default: the only one.
+    #[arg(long)]
+    app: Option<String>,
+    /// Apple's environment (default: the one of the app's endpoint). Channels of one
+    /// environment do not exist in the other.
+    #[arg(long, value_parser = ["production", "sandbox"])]
+    environment: Option<String>,
+    /// The bundle id (default: the app's default topic without a push-type suffix).
+    #[arg(long)]
+    bundle_id: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum ChannelsAction {
+    /// Create a channel; prints its id.
+    Create {
+        #[command(flatten)]
+        target: ChannelsTarget,
+        /// `none` (message-storage-policy 0: broadcasts must have expiration 0) or
+        /// `most-recent` (1: the latest message is kept up to 8 hours for offline devices).
+        #[arg(long, default_value = "none", value_parser = ["none", "most-recent"])]
+        storage: String,
+    },
+    /// Read a channel's configuration.
+    Get {
+        #[command(flatten)]
+        target: ChannelsTarget,
+        channel_id: String,
+    },
+    /// Delete a channel (do it when its event ends: 10,000 channels per app and environment).
+    Delete {
+        #[command(flatten)]
+        target: ChannelsTarget,
+        channel_id: String,
+    },
+    /// List the app's channels.
+    List {
+        #[command(flatten)]
+        target: ChannelsTarget,
     },
 }
 
@@ -249,6 +302,50 @@ async fn command(command: Command) -> Result<(), Fatal> {
                     );
                 }
                 Ok(())
+            }
+            Command::Channels { action } => {
+                use apns::channels::StoragePolicy;
+                use apns_worker::channels::{Action, ChannelCmdError, Target};
+                let (t, action) = match action {
+                    ChannelsAction::Create { target, storage } => (
+                        target,
+                        Action::Create(if storage == "most-recent" {
+                            StoragePolicy::MostRecentMessageStored
+                        } else {
+                            StoragePolicy::NoMessageStored
+                        }),
+                    ),
+                    ChannelsAction::Get { target, channel_id } => (target, Action::Get(channel_id)),
+                    ChannelsAction::Delete { target, channel_id } => {
+                        (target, Action::Delete(channel_id))
+                    }
+                    ChannelsAction::List { target } => (target, Action::List),
+                };
+                let cfg =
+                    Config::load(t.config.as_deref(), std::env::vars()).map_err(Fatal::config)?;
+                let target = Target {
+                    app: t.app,
+                    environment: t.environment.map(|e| {
+                        if e == "sandbox" {
+                            apns::EndpointKind::Sandbox
+                        } else {
+                            apns::EndpointKind::Production
+                        }
+                    }),
+                    bundle_id: t.bundle_id,
+                };
+                match apns_worker::channels::run(&cfg, &target, action).await {
+                    Ok(v) => {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&v).map_err(Fatal::runtime)?
+                        );
+                        Ok(())
+                    }
+                    Err(e @ ChannelCmdError::Usage(_)) => Err(Fatal::usage(e)),
+                    Err(e @ ChannelCmdError::Config(_)) => Err(Fatal::config(e)),
+                    Err(e @ ChannelCmdError::Apns(_)) => Err(Fatal::runtime(e)),
+                }
             }
             Command::CheckConfig {
                 config,

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | Delivered | ack |
 //! | TokenDead | publish a cleanup event (confirmed), then ack |
+//! | ChannelGone (a broadcast's channel is not registered) | publish a channel-cleanup event (confirmed), then ack |
 //! | Rejected (the message is wrong) | dead-letter with APNs' reason |
 //! | RetryLater, attempts left | publish to a delay queue (confirmed), then ack |
 //! | RetryLater, none left | dead-letter as `RetriesExhausted` with the last reason |
@@ -30,6 +31,9 @@ pub enum Settlement {
     Ack(AckKind),
     /// Publish this event to the cleanup exchange, wait for the confirm, then ack.
     Cleanup(CleanupEvent),
+    /// Publish this channel event to the cleanup exchange (routing key
+    /// `channel.<bundle id>`), wait for the confirm, then ack.
+    ChannelCleanup(ChannelCleanupEvent),
     /// Publish the original message to the dead-letter exchange, then ack.
     DeadLetter(DeadLetter),
     /// Publish the original to a delay queue with `x-attempts = attempt`, then ack.
@@ -81,7 +85,7 @@ pub struct MismatchEvent {
 /// The settlement of a job whose token the other environment accepted.
 pub fn environment_mismatch(ctx: &Context<'_>, configured: &str, accepted_by: &str) -> Settlement {
     Settlement::EnvironmentMismatch(MismatchEvent {
-        device_token: ctx.device_token.to_string(),
+        device_token: ctx.device_token.unwrap_or_default().to_string(),
         topic: ctx.topic.to_string(),
         app: ctx.app.to_string(),
         configured_endpoint: configured.to_string(),
@@ -132,6 +136,30 @@ pub struct CleanupEvent {
     pub apns_id: Option<String>,
     /// When the worker saw the answer (RFC 3339).
     pub observed_at: String,
+}
+
+/// The channel cleanup event (`schemas/channel-cleanup-event.schema.json`): a
+/// broadcast's channel does not exist in the app's environment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ChannelCleanupEvent {
+    pub channel_id: String,
+    pub bundle_id: String,
+    pub app: String,
+    pub reason: String,
+    pub status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apns_id: Option<String>,
+    pub observed_at: String,
+}
+
+impl ChannelCleanupEvent {
+    /// Its routing key on the cleanup exchange: `channel.<bundle id>`, apart from the
+    /// token events' `<topic>`.
+    pub fn routing_key(&self) -> String {
+        format!("channel.{}", self.bundle_id)
+    }
 }
 
 /// Where a delayed message waits: the delay queue of `level_ms`, and its own TTL.
@@ -189,7 +217,11 @@ pub struct Context<'a> {
     pub retry: &'a RetrySettings,
     /// Sends to APNs before this one (the message's `x-attempts`).
     pub attempts_before: u32,
-    pub device_token: &'a str,
+    /// The device token; `None` for a broadcast.
+    pub device_token: Option<&'a str>,
+    /// The channel id of a broadcast.
+    pub channel_id: Option<&'a str>,
+    /// The topic; a broadcast's bundle id.
     pub topic: &'a str,
     pub app: &'a str,
     pub job_id: Option<&'a str>,
@@ -203,12 +235,24 @@ pub fn decide(outcome: &Outcome, ctx: &Context<'_>, rng: &mut fastrand::Rng) -> 
     let attempts = ctx.attempts_before.saturating_add(1);
     match outcome {
         Outcome::Delivered => Settlement::Ack(AckKind::Delivered),
+        Outcome::ChannelGone { status, reason } if ctx.channel_id.is_some() => {
+            Settlement::ChannelCleanup(ChannelCleanupEvent {
+                channel_id: ctx.channel_id.unwrap_or_default().to_string(),
+                bundle_id: ctx.topic.to_string(),
+                app: ctx.app.to_string(),
+                reason: reason.to_string(),
+                status: *status,
+                job_id: ctx.job_id.map(str::to_owned),
+                apns_id: ctx.apns_id.clone(),
+                observed_at: humantime::format_rfc3339_millis(ctx.observed_at).to_string(),
+            })
+        }
         Outcome::TokenDead {
             status,
             reason,
             unregistered_at,
-        } => Settlement::Cleanup(CleanupEvent {
-            device_token: ctx.device_token.to_string(),
+        } if ctx.device_token.is_some() => Settlement::Cleanup(CleanupEvent {
+            device_token: ctx.device_token.unwrap_or_default().to_string(),
             topic: ctx.topic.to_string(),
             app: ctx.app.to_string(),
             reason: reason.to_string(),
@@ -218,17 +262,12 @@ pub fn decide(outcome: &Outcome, ctx: &Context<'_>, rng: &mut fastrand::Rng) -> 
             apns_id: ctx.apns_id.clone(),
             observed_at: humantime::format_rfc3339_millis(ctx.observed_at).to_string(),
         }),
-        Outcome::Rejected { status, reason } => {
-            let label = reason_label(*status, reason.as_ref());
-            Settlement::DeadLetter(DeadLetter {
-                status: (*status != 0).then_some(*status),
-                error: format!(
-                    "APNs rejected the notification with {status} {label}; sending it again cannot succeed"
-                ),
-                reason: label,
-                attempts,
-            })
+        // A token answer to a broadcast, or a channel answer to a device push: APNs
+        // cannot mean it; the message is not sendable as it is.
+        Outcome::TokenDead { status, reason, .. } | Outcome::ChannelGone { status, reason } => {
+            rejected(*status, Some(reason), attempts)
         }
+        Outcome::Rejected { status, reason } => rejected(*status, reason.as_ref(), attempts),
         Outcome::RetryLater(cause) => {
             if attempts >= ctx.retry.max_attempts {
                 let status = match cause {
@@ -266,6 +305,26 @@ pub fn decide(outcome: &Outcome, ctx: &Context<'_>, rng: &mut fastrand::Rng) -> 
             reason: "ExpiredProviderToken".into(),
         },
     }
+}
+
+/// The dead letter of a notification APNs refused for what it is.
+fn rejected(status: u16, reason: Option<&apns::Reason>, attempts: u32) -> Settlement {
+    let label = reason_label(status, reason);
+    let error = if reason == Some(&apns::Reason::FeatureNotEnabled) {
+        format!(
+            "APNs rejected the broadcast with {status} {label}: broadcast push is not enabled for this bundle id; enable it in the Apple developer account, then replay the dead letter"
+        )
+    } else {
+        format!(
+            "APNs rejected the notification with {status} {label}; sending it again cannot succeed"
+        )
+    };
+    Settlement::DeadLetter(DeadLetter {
+        status: (status != 0).then_some(status),
+        error,
+        reason: label,
+        attempts,
+    })
 }
 
 fn describe(cause: &RetryCause) -> String {
@@ -344,7 +403,8 @@ mod tests {
         Context {
             retry,
             attempts_before,
-            device_token: "ab",
+            device_token: Some("ab"),
+            channel_id: None,
             topic: "com.x",
             app: "shop",
             job_id: Some("j1"),
@@ -368,6 +428,55 @@ mod tests {
             (dl.reason.as_str(), dl.attempts),
             ("RetriesExhausted", u32::MAX)
         );
+    }
+
+    #[test]
+    fn broadcasts_settle_by_the_channel() {
+        let r = RetrySettings::default();
+        let mut rng = fastrand::Rng::with_seed(5);
+        let mut c = ctx(&r, 0);
+        c.device_token = None;
+        c.channel_id = Some("dHN0LXNyY2gtY2hubA==");
+        let gone = Outcome::ChannelGone {
+            status: 400,
+            reason: Reason::ChannelNotRegistered,
+        };
+        let Settlement::ChannelCleanup(ev) = decide(&gone, &c, &mut rng) else {
+            panic!("a channel APNs does not know is a channel cleanup")
+        };
+        assert_eq!(
+            (
+                ev.channel_id.as_str(),
+                ev.bundle_id.as_str(),
+                ev.reason.as_str()
+            ),
+            ("dHN0LXNyY2gtY2hubA==", "com.x", "ChannelNotRegistered")
+        );
+        assert_eq!(ev.routing_key(), "channel.com.x");
+        // Never a token cleanup for a broadcast, never a channel cleanup for a token.
+        let dead = Outcome::TokenDead {
+            status: 410,
+            reason: Reason::Unregistered,
+            unregistered_at: None,
+        };
+        assert!(matches!(
+            decide(&dead, &c, &mut rng),
+            Settlement::DeadLetter(_)
+        ));
+        let device = ctx(&r, 0);
+        assert!(matches!(
+            decide(&gone, &device, &mut rng),
+            Settlement::DeadLetter(_)
+        ));
+        let off = Outcome::Rejected {
+            status: 400,
+            reason: Some(Reason::FeatureNotEnabled),
+        };
+        let Settlement::DeadLetter(dl) = decide(&off, &c, &mut rng) else {
+            panic!()
+        };
+        assert_eq!(dl.reason, "FeatureNotEnabled");
+        assert!(dl.error.contains("enable it"), "{}", dl.error);
     }
 
     #[test]

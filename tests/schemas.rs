@@ -39,6 +39,8 @@ fn examples_validate_against_their_schemas() {
         "job-minimal.json",
         "job-full.json",
         "job-liveactivity.json",
+        "job-liveactivity-start.json",
+        "job-broadcast.json",
         "job-background.json",
     ] {
         let v = load(&format!("schemas/examples/{ex}"));
@@ -56,6 +58,9 @@ fn examples_validate_against_their_schemas() {
     let ev = validator("token-cleanup-event.schema.json");
     let v = load("schemas/examples/token-cleanup-event.json");
     assert!(errors(&ev, &v).is_empty(), "{:?}", errors(&ev, &v));
+    let ch = validator("channel-cleanup-event.schema.json");
+    let v = load("schemas/examples/channel-cleanup-event.json");
+    assert!(errors(&ch, &v).is_empty(), "{:?}", errors(&ch, &v));
     let env = validator("environment-mismatch-event.schema.json");
     let v = load("schemas/examples/environment-mismatch-event.json");
     assert!(errors(&env, &v).is_empty(), "{:?}", errors(&env, &v));
@@ -71,6 +76,27 @@ fn corpus() -> Vec<(Value, bool)> {
     let base = || json!({"device_token": T, "topic": "com.example.app", "payload": {"aps": {"alert": "hi"}}});
     let with = |f: &dyn Fn(&mut Value)| {
         let mut v = base();
+        f(&mut v);
+        v
+    };
+    // A Live Activity update to a device; `f` edits its `aps`.
+    let live = |f: &dyn Fn(&mut Value)| {
+        let mut v = json!({
+            "device_token": T,
+            "topic": "com.example.app.push-type.liveactivity",
+            "push_type": "liveactivity",
+            "payload": {"aps": {"event": "update", "timestamp": 1_700_000_000, "content-state": {"score": "1-0"}}},
+        });
+        f(&mut v["payload"]["aps"]);
+        v
+    };
+    // A broadcast to a channel; `f` edits the job.
+    let broadcast = |f: &dyn Fn(&mut Value)| {
+        let mut v = json!({
+            "channel_id": "dHN0LXNyY2gtY2hubA==",
+            "topic": "com.example.app",
+            "payload": {"aps": {"event": "update", "timestamp": 1_700_000_000, "content-state": {"score": "1-0"}}},
+        });
         f(&mut v);
         v
     };
@@ -183,7 +209,157 @@ fn corpus() -> Vec<(Value, bool)> {
                 v["push_type"] = json!("liveactivity");
                 v["topic"] = json!("com.example.app.push-type.liveactivity");
             }),
+            false,
+        ),
+        (live(&|_| {}), true),
+        (live(&|a| a["event"] = json!("end")), true),
+        (
+            live(&|a| {
+                a["event"] = json!("end");
+                a.as_object_mut().unwrap().remove("content-state");
+                a["dismissal-date"] = json!(1_700_000_600);
+            }),
             true,
+        ),
+        (
+            live(&|a| {
+                a.as_object_mut().unwrap().remove("event");
+            }),
+            false,
+        ),
+        (
+            live(&|a| {
+                a.as_object_mut().unwrap().remove("timestamp");
+            }),
+            false,
+        ),
+        (
+            live(&|a| a["timestamp"] = json!(1_700_000_000_000u64)),
+            false,
+        ),
+        (
+            live(&|a| a["stale-date"] = json!(1_700_000_000_000u64)),
+            false,
+        ),
+        (
+            live(&|a| {
+                a.as_object_mut().unwrap().remove("content-state");
+            }),
+            false,
+        ),
+        (live(&|a| a["event"] = json!("start")), false),
+        (
+            live(&|a| {
+                a["event"] = json!("start");
+                a["attributes-type"] = json!("MatchAttributes");
+            }),
+            false,
+        ),
+        (
+            live(&|a| {
+                a["event"] = json!("start");
+                a["attributes-type"] = json!("MatchAttributes");
+                a["attributes"] = json!({"home": "Lyon"});
+                a["input-push-token"] = json!(1);
+            }),
+            true,
+        ),
+        (live(&|a| a["attributes"] = json!({"home": "Lyon"})), false),
+        (live(&|a| a["input-push-channel"] = json!("abcd")), false),
+        (live(&|a| a["input-push-token"] = json!(2)), false),
+        (broadcast(&|_| {}), true),
+        (
+            broadcast(&|v| v["topic"] = json!("com.example.app.push-type.liveactivity")),
+            true,
+        ),
+        (
+            broadcast(&|v| v["topic"] = json!("com.example.app.voip")),
+            false,
+        ),
+        (broadcast(&|v| v["push_type"] = json!("alert")), false),
+        (broadcast(&|v| v["collapse_id"] = json!("c")), false),
+        (broadcast(&|v| v["device_token"] = json!(T)), false),
+        (broadcast(&|v| v["channel_id"] = json!("")), false),
+        (broadcast(&|v| v["channel_id"] = json!("abc")), false),
+        (broadcast(&|v| v["channel_id"] = json!("ab=c")), false),
+        (broadcast(&|v| v["channel_id"] = json!("a b=")), false),
+        (broadcast(&|v| v["channel_id"] = json!("ab+/cd==")), true),
+        (
+            broadcast(&|v| {
+                v.as_object_mut().unwrap().remove("channel_id");
+            }),
+            false,
+        ),
+        (
+            broadcast(&|v| {
+                let a = &mut v["payload"]["aps"];
+                a["event"] = json!("start");
+                a["attributes-type"] = json!("MatchAttributes");
+                a["attributes"] = json!({"home": "Lyon"});
+            }),
+            false,
+        ),
+        (
+            broadcast(&|v| {
+                v["payload"]["aps"]
+                    .as_object_mut()
+                    .unwrap()
+                    .remove("timestamp");
+            }),
+            false,
+        ),
+        (
+            with(&|v| {
+                v["push_type"] = json!("widgets");
+                v["topic"] = json!("com.example.app.push-type.widgets");
+                v["payload"] = json!({"aps": {"content-changed": true}});
+            }),
+            true,
+        ),
+        (
+            with(&|v| {
+                v["push_type"] = json!("controls");
+                v["topic"] = json!("com.example.app.push-type.controls");
+                v["payload"] = json!({"aps": {"content-changed": true}});
+            }),
+            true,
+        ),
+        (
+            with(&|v| {
+                v["push_type"] = json!("controls");
+                v["topic"] = json!("com.example.app");
+                v["payload"] = json!({"aps": {"content-changed": true}});
+            }),
+            false,
+        ),
+        (
+            with(&|v| {
+                v["push_type"] = json!("widgets");
+                v["topic"] = json!("com.example.app.push-type.widgets");
+            }),
+            false,
+        ),
+        (
+            with(&|v| {
+                v["push_type"] = json!("widgets");
+                v["topic"] = json!("com.example.app.push-type.widgets");
+                v["payload"] = json!({"aps": {"content-changed": "yes"}});
+            }),
+            false,
+        ),
+        (
+            with(&|v| {
+                v["push_type"] = json!("background");
+                v["payload"] = json!({"aps": {"content-available": 0}});
+            }),
+            false,
+        ),
+        (
+            with(&|v| {
+                v["push_type"] = json!("background");
+                v["payload"] = json!({"sync": 1});
+            }),
+            false,
         ),
         (with(&|v| v["push_type"] = json!("complication")), false),
         (with(&|v| v["push_type"] = json!("Alert")), false),
@@ -198,6 +374,7 @@ fn corpus() -> Vec<(Value, bool)> {
             with(&|v| {
                 v["push_type"] = json!("background");
                 v["priority"] = json!(5);
+                v["payload"] = json!({"aps": {"content-available": 1}});
             }),
             true,
         ),

@@ -59,6 +59,13 @@ pub struct AppConfig {
     /// `HTTPS_PROXY` unless `NO_PROXY` names the host.
     #[serde(default)]
     pub proxy: Option<Secret<String>>,
+    /// Where this app's Live Activity broadcast channels are managed (`apns-worker
+    /// channels`). Default: Apple's management host of the endpoint's environment
+    /// (`api-manage-broadcast[.sandbox].push.apple.com`, port 2196 or 2195); with a
+    /// custom endpoint, the endpoint itself. `production` and `sandbox` name Apple's
+    /// management hosts.
+    #[serde(default)]
+    pub channels_endpoint: Option<Endpoint>,
 }
 
 fn default_connections() -> usize {
@@ -150,6 +157,7 @@ impl AppConfig {
             environment_guard: None,
             other_endpoint: None,
             proxy: None,
+            channels_endpoint: None,
         }
     }
 
@@ -217,6 +225,10 @@ impl AppConfig {
         s.ca_file = self.ca_file.clone();
         s.other_environment = self.guard_endpoint(name)?;
         s.proxy = self.proxy(name, apns.proxy.as_ref())?;
+        s.channels_endpoint = self.channels_endpoint.as_ref().map(|e| match e.kind() {
+            apns::EndpointKind::Custom => e.clone(),
+            _ => e.channel_management(),
+        });
         Ok(s)
     }
 

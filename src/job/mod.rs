@@ -9,7 +9,7 @@ mod apps;
 pub mod control;
 
 use apns::payload::PayloadError;
-use apns::{Notification, NotificationParts, Priority, PushType, ValidationError};
+use apns::{BroadcastParts, Notification, NotificationParts, Priority, PushType, ValidationError};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -49,6 +49,16 @@ pub enum JobError {
     TopicNotServed { app: String, topic: String },
     #[error("{0}")]
     Invalid(#[from] ValidationError),
+    #[error("the job needs device_token (one device) or channel_id (a Live Activity broadcast)")]
+    NoTarget,
+    #[error("the job has both device_token and channel_id; give one")]
+    TwoTargets,
+    #[error(
+        "a broadcast (channel_id) is a Live Activity update: push_type must be liveactivity, not {0}"
+    )]
+    BroadcastPushType(PushType),
+    #[error("collapse_id does not apply to a broadcast (channel_id); leave it out")]
+    BroadcastCollapseId,
 }
 
 impl JobError {
@@ -68,7 +78,10 @@ impl JobError {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Wire<'a> {
-    device_token: String,
+    #[serde(default)]
+    device_token: Option<String>,
+    #[serde(default)]
+    channel_id: Option<String>,
     #[serde(default)]
     topic: Option<String>,
     #[serde(borrow)]
@@ -187,26 +200,55 @@ pub fn decode(
             return Err(JobError::BadId);
         }
     }
+    let broadcast = match (&wire.device_token, &wire.channel_id) {
+        (Some(_), Some(_)) => return Err(JobError::TwoTargets),
+        (None, None) => return Err(JobError::NoTarget),
+        (_, c) => c.is_some(),
+    };
     let push_type: PushType = match &wire.push_type {
         Some(p) => p.parse()?,
+        None if broadcast => PushType::Liveactivity,
         None => PushType::Alert,
     };
+    if broadcast && push_type != PushType::Liveactivity {
+        return Err(JobError::BroadcastPushType(push_type));
+    }
     let priority = wire.priority.map(Priority::from_number).transpose()?;
     let (app, topic) = apps.resolve(wire.app.as_deref(), wire.topic.as_deref())?;
     let job_id = wire.id.clone().or(env.message_id.map(str::to_owned));
     // Without any id the job gets a random apns-id now; retries carry it in `x-apns-id`.
     let apns_id = Some(derive_apns_id(wire.id.as_deref(), env).unwrap_or_else(Uuid::new_v4));
     let payload = body.slice_ref(raw.as_bytes());
-    let notification = Notification::new(NotificationParts {
-        device_token: wire.device_token,
-        topic,
-        push_type,
-        priority,
-        expiration: wire.expiration,
-        collapse_id: wire.collapse_id,
-        apns_id,
-        payload,
-    })?;
+    apns::payload::check_push_type(raw, push_type, broadcast)?;
+    let notification = match wire.channel_id {
+        Some(channel_id) => {
+            if wire.collapse_id.is_some() {
+                return Err(JobError::BroadcastCollapseId);
+            }
+            // A broadcast goes to the bundle id; the Live Activity topic is accepted
+            // (it is what the app's device pushes use) and its suffix dropped.
+            let suffix = PushType::Liveactivity.topic_suffix().unwrap_or_default();
+            let bundle_id = topic.strip_suffix(suffix).unwrap_or(&topic).to_string();
+            Notification::broadcast(BroadcastParts {
+                channel_id,
+                bundle_id,
+                priority,
+                expiration: wire.expiration,
+                request_id: apns_id,
+                payload,
+            })?
+        }
+        None => Notification::new(NotificationParts {
+            device_token: wire.device_token.unwrap_or_default(),
+            topic,
+            push_type,
+            priority,
+            expiration: wire.expiration,
+            collapse_id: wire.collapse_id,
+            apns_id,
+            payload,
+        })?,
+    };
     Ok(Job {
         app,
         job_id,
@@ -302,7 +344,7 @@ mod tests {
             ),
             (
                 r#"{"topic":"com.example.shop","payload":{}}"#.to_string(),
-                "missing field `device_token`",
+                "the job needs device_token (one device) or channel_id (a Live Activity broadcast)",
             ),
             (
                 format!(r#"{{"device_token":"{t}","topic":"com.example.shop","payload":[]}}"#),
@@ -343,6 +385,42 @@ mod tests {
                     r#"{{"device_token":"{t}","topic":"com.example.shop","push_type":"loud","payload":{{}}}}"#
                 ),
                 "push_type \"loud\"",
+            ),
+            (
+                format!(
+                    r#"{{"device_token":"{t}","topic":"com.example.shop.push-type.liveactivity","push_type":"liveactivity","payload":{{"aps":{{"timestamp":1700000000}}}}}}"#
+                ),
+                "payload.aps.event is required for push type liveactivity",
+            ),
+            (
+                format!(
+                    r#"{{"device_token":"{t}","topic":"com.example.shop.push-type.liveactivity","push_type":"liveactivity","payload":{{"aps":{{"event":"start","timestamp":1700000000,"content-state":{{}},"attributes":{{}}}}}}}}"#
+                ),
+                "payload.aps.attributes-type is required for event start",
+            ),
+            (
+                format!(
+                    r#"{{"device_token":"{t}","topic":"com.example.shop.push-type.liveactivity","push_type":"liveactivity","payload":{{"aps":{{"event":"update","timestamp":1700000000000,"content-state":{{}}}}}}}}"#
+                ),
+                "payload.aps.timestamp is 1700000000000, which is milliseconds",
+            ),
+            (
+                r#"{"channel_id":"dHN0LXNyY2gtY2hubA==","topic":"com.example.shop","payload":{"aps":{"event":"start","timestamp":1,"content-state":{},"attributes-type":"A","attributes":{}}}}"#.to_string(),
+                "a broadcast cannot start a Live Activity",
+            ),
+            (
+                format!(
+                    r#"{{"channel_id":"dHN0LXNyY2gtY2hubA==","device_token":"{t}","topic":"com.example.shop","payload":{{}}}}"#
+                ),
+                "both device_token and channel_id",
+            ),
+            (
+                r#"{"channel_id":"not base64!","topic":"com.example.shop","payload":{"aps":{"event":"end","timestamp":1}}}"#.to_string(),
+                "channel_id must be base64",
+            ),
+            (
+                r#"{"channel_id":"dHN0LXNyY2gtY2hubA==","push_type":"alert","topic":"com.example.shop","payload":{}}"#.to_string(),
+                "push_type must be liveactivity, not alert",
             ),
             (
                 format!(r#"{{"device_token":"{t}","app":"nope","payload":{{}}}}"#),

@@ -76,8 +76,9 @@ fn endpoint_of(w: &Worker, app: &str) -> String {
 }
 
 /// Send to APNs, inside a client span when job spans are on (OpenTelemetry's HTTP
-/// client conventions, v1.37.0): `POST /3/device/{device_token}`, the route as a
-/// template and the URL with the token `REDACTED`, so no device token is recorded.
+/// client conventions, v1.37.0): `POST /3/device/{device_token}` (a broadcast:
+/// `POST /4/broadcasts/apps/{bundle_id}`), the route as a template and the URL with the
+/// token `REDACTED`, so no device token is recorded.
 async fn traced_send(
     w: &Worker,
     app: &str,
@@ -93,14 +94,27 @@ async fn traced_send(
         .get(app)
         .map(|a| (a.endpoint.host().to_string(), a.endpoint.port()))
         .unwrap_or_default();
+    // A broadcast's path names only the bundle id, which is no secret.
+    let (name, template, path) = match n.channel_id() {
+        Some(_) => (
+            "POST /4/broadcasts/apps/{bundle_id}",
+            "/4/broadcasts/apps/{bundle_id}",
+            format!("/4/broadcasts/apps/{}", n.topic()),
+        ),
+        None => (
+            "POST /3/device/{device_token}",
+            "/3/device/{device_token}",
+            "/3/device/REDACTED".to_string(),
+        ),
+    };
     let span = tracing::info_span!(
         "apns request",
-        otel.name = "POST /3/device/{device_token}",
+        otel.name = name,
         otel.kind = "client",
         otel.status_code = tracing::field::Empty,
         http.request.method = "POST",
-        url.template = "/3/device/{device_token}",
-        url.full = %format!("https://{host}:{port}/3/device/REDACTED"),
+        url.template = template,
+        url.full = %format!("https://{host}:{port}{path}"),
         server.address = %host,
         server.port = port,
         network.protocol.name = "http",
@@ -277,7 +291,8 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
             .map(|j| j.app.as_str())
             .or_else(|| w.apps.app_hint(&inc.body)),
         apns_id: key.map(|k| k.apns_id),
-        device_token: job.map(|j| j.notification.device_token()),
+        device_token: job.and_then(|j| j.notification.device_token()),
+        channel_id: job.and_then(|j| j.notification.channel_id()),
         attempts_before,
         message_id: inc.message_id(),
         trace_id: inc.trace_id(),
@@ -322,6 +337,7 @@ async fn decide(
         retry: &w.cfg.retry,
         attempts_before,
         device_token: n.device_token(),
+        channel_id: n.channel_id(),
         topic: n.topic(),
         app: &job.app,
         job_id: job.job_id.as_deref(),

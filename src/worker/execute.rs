@@ -104,6 +104,14 @@ pub async fn carry_out(
             })
             .await
         }
+        Settlement::ChannelCleanup(ev) => {
+            let body = serde_json::to_vec(ev).expect("event serialises");
+            let id = Uuid::new_v4().to_string();
+            publish_retrying(s, &q.cleanup_exchange, &ev.routing_key(), &body, || {
+                amqp::event_props(&id).with_type(lapin::types::ShortString::from("channel-cleanup"))
+            })
+            .await
+        }
         Settlement::DeadLetter(dl) => {
             let mut headers = vec![
                 ("x-apns-reason", HeaderValue::Text(dl.reason.clone())),

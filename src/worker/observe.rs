@@ -33,6 +33,8 @@ pub struct Report<'a> {
     pub app: Option<&'a str>,
     pub apns_id: Option<Uuid>,
     pub device_token: Option<&'a str>,
+    /// A broadcast's channel id (logged as a prefix, like tokens).
+    pub channel_id: Option<&'a str>,
     /// Sends before this delivery (`x-attempts`).
     pub attempts_before: u32,
     pub message_id: Option<&'a str>,
@@ -102,6 +104,7 @@ fn labels(s: &Settlement) -> (&'static str, &str) {
         Settlement::Ack(AckKind::Expired) => ("expired", ""),
         Settlement::Ack(AckKind::AlreadySettled) => ("already_settled", ""),
         Settlement::Cleanup(ev) => ("token_cleanup", ev.reason.as_str()),
+        Settlement::ChannelCleanup(ev) => ("channel_cleanup", ev.reason.as_str()),
         Settlement::DeadLetter(dl) => ("dead_letter", dl.reason.as_str()),
         Settlement::Retry { reason, .. } => ("retry", reason.as_str()),
         Settlement::Park { reason, .. } => ("park", reason.as_str()),
@@ -168,6 +171,7 @@ impl Observer {
                     Settlement::Ack(AckKind::Expired) => &st.expired,
                     Settlement::Ack(AckKind::AlreadySettled) => &st.already_settled,
                     Settlement::Cleanup(_) => &st.token_cleanups,
+                    Settlement::ChannelCleanup(_) => &st.channel_cleanups,
                     Settlement::DeadLetter(_) => {
                         st.dead_letter(reason);
                         self.metrics.dead_letter(reason);
@@ -228,6 +232,7 @@ impl Observer {
             .unwrap_or(0);
         let apns_id = r.apns_id.map(|u| u.to_string()).unwrap_or_default();
         let token = r.device_token.map(token_prefix).unwrap_or("");
+        let channel = r.channel_id.map(token_prefix).unwrap_or("");
         let trace_id = r.trace_id.unwrap_or("");
         let message_id = r.message_id.unwrap_or("");
         let error = match (r.carried_out, r.settlement) {
@@ -241,6 +246,7 @@ impl Observer {
                     $level,
                     app,
                     token,
+                    channel,
                     apns_id,
                     status,
                     outcome,

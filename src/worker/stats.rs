@@ -12,6 +12,8 @@ pub struct Stats {
     pub received: AtomicU64,
     pub delivered: AtomicU64,
     pub token_cleanups: AtomicU64,
+    /// Broadcasts to a channel APNs does not know (channel-cleanup event published).
+    pub channel_cleanups: AtomicU64,
     /// Tokens APNs called bad that the other environment accepted (event, no cleanup).
     pub environment_mismatches: AtomicU64,
     pub retried: AtomicU64,
@@ -50,6 +52,7 @@ pub struct Summary {
     pub received: u64,
     pub delivered: u64,
     pub token_cleanups: u64,
+    pub channel_cleanups: u64,
     pub environment_mismatches: u64,
     pub dead_lettered: BTreeMap<String, u64>,
     pub retried: u64,
@@ -75,6 +78,7 @@ impl Summary {
     pub fn terminal(&self) -> u64 {
         self.delivered
             + self.token_cleanups
+            + self.channel_cleanups
             + self.environment_mismatches
             + self.dead_lettered_total()
             + self.expired
@@ -101,6 +105,7 @@ impl Stats {
             received: g(&self.received),
             delivered: g(&self.delivered),
             token_cleanups: g(&self.token_cleanups),
+            channel_cleanups: g(&self.channel_cleanups),
             environment_mismatches: g(&self.environment_mismatches),
             dead_lettered: self.dead_letters.lock().expect("stats lock").clone(),
             retried: g(&self.retried),

@@ -26,8 +26,8 @@ use super::shim::{Shim, ShimControl};
 use apns::endpoint::{Endpoint, EndpointKind};
 use apns::notification::topic_matches;
 use apns::notification::{
-    APNS_COLLAPSE_ID, APNS_EXPIRATION, APNS_ID, APNS_PRIORITY, APNS_PUSH_TYPE, APNS_TOPIC,
-    APNS_UNIQUE_ID,
+    APNS_CHANNEL_ID, APNS_COLLAPSE_ID, APNS_EXPIRATION, APNS_ID, APNS_PRIORITY, APNS_PUSH_TYPE,
+    APNS_REQUEST_ID, APNS_TOPIC, APNS_UNIQUE_ID, MAX_PAYLOAD_BROADCAST, validate_channel_id,
 };
 use apns::response::Reason;
 use apns::tls::provider;
@@ -60,6 +60,8 @@ pub struct MockConfig {
     pub token_update_min_secs: u64,
     /// Extra names for the server certificate besides localhost and 127.0.0.1.
     pub server_names: Vec<String>,
+    /// Broadcast channels an app may hold (Apple: 10,000 per app per environment).
+    pub max_channels: usize,
 }
 
 impl Default for MockConfig {
@@ -73,6 +75,7 @@ impl Default for MockConfig {
             record: true,
             token_update_min_secs: 20 * 60,
             server_names: Vec::new(),
+            max_channels: 10_000,
         }
     }
 }
@@ -104,7 +107,10 @@ pub enum MockError {
 pub struct Received {
     pub connection: u64,
     pub stream_id: u32,
+    /// Empty for a broadcast.
     pub device_token: String,
+    /// The `apns-channel-id` of a broadcast.
+    pub channel_id: Option<String>,
     pub topic: Option<String>,
     pub push_type: Option<String>,
     pub priority: Option<String>,
@@ -143,6 +149,8 @@ pub struct MockStats {
     pub peak_streams: u32,
     /// Requests answered with a 200 by connection id.
     pub ok_by_connection: BTreeMap<u64, u64>,
+    /// Channel-management requests answered.
+    pub channel_requests: u64,
 }
 
 struct KeyEntry {
@@ -152,6 +160,10 @@ struct KeyEntry {
 
 struct State {
     max_streams: u32,
+    max_channels: usize,
+    /// Broadcast channels by bundle id: channel id → message storage policy. One mock
+    /// is one environment, so environments never share channels.
+    channels: Mutex<HashMap<String, BTreeMap<String, u8>>>,
     environment: EndpointKind,
     record: AtomicBool,
     token_update_min_secs: u64,
@@ -219,6 +231,8 @@ impl MockApns {
         let drop_pings = Arc::new(AtomicBool::new(cfg.faults.drop_pings));
         let state = Arc::new(State {
             max_streams: cfg.max_streams.max(1),
+            max_channels: cfg.max_channels,
+            channels: Mutex::new(HashMap::new()),
             environment: cfg.environment,
             record: AtomicBool::new(cfg.record),
             token_update_min_secs: cfg.token_update_min_secs,
@@ -354,6 +368,17 @@ impl MockApns {
             .expect("tokens lock")
             .get(key_id)
             .map_or(0, |s| s.len())
+    }
+
+    /// The broadcast channels of `bundle` in this mock's environment: id → storage policy.
+    pub fn channels(&self, bundle: &str) -> BTreeMap<String, u8> {
+        self.state
+            .channels
+            .lock()
+            .expect("channels lock")
+            .get(bundle)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn stats(&self) -> MockStats {
@@ -598,6 +623,7 @@ impl Drop for Active<'_> {
 }
 
 struct Info {
+    /// The device token, or the channel id of a broadcast.
     token: String,
     key_id: Option<String>,
 }
@@ -641,7 +667,16 @@ async fn handle(
     }
     let arrived = std::time::Instant::now();
     let mut rng = fastrand::Rng::new();
-    let verdict = validate(&state, &conn, &parts, &payload);
+    if parts.uri.path().starts_with("/1/apps/") {
+        manage(&state, &conn, &parts, &payload, respond, &mut rng);
+        return;
+    }
+    let broadcast = parts.uri.path().starts_with("/4/broadcasts/apps/");
+    let verdict = if broadcast {
+        validate_broadcast(&state, &conn, &parts, &payload)
+    } else {
+        validate(&state, &conn, &parts, &payload)
+    };
     let (action, token, key_id) = match verdict {
         Err((status, reason)) => (
             Action::Answer {
@@ -649,7 +684,13 @@ async fn handle(
                 reason: Some(reason),
                 timestamp: None,
             },
-            device_token_of(&parts),
+            if broadcast {
+                header(&parts.headers, &APNS_CHANNEL_ID)
+                    .unwrap_or("")
+                    .to_string()
+            } else {
+                device_token_of(&parts)
+            },
             None,
         ),
         Ok(info) => {
@@ -678,8 +719,14 @@ async fn handle(
         return;
     }
     let h = &parts.headers;
-    // The request's apns-id is echoed (HeaderValue clones share their bytes).
-    let apns_id = match h.get(&APNS_ID) {
+    // The request's apns-id (a broadcast's apns-request-id) is echoed (HeaderValue
+    // clones share their bytes).
+    let id_header = if broadcast {
+        &APNS_REQUEST_ID
+    } else {
+        &APNS_ID
+    };
+    let apns_id = match h.get(id_header) {
         Some(v) if v.to_str().is_ok() => never_indexed(v.clone()),
         _ => uuid_header(&mut rng),
     };
@@ -692,7 +739,12 @@ async fn handle(
                 .push(Received {
                     connection: conn.id,
                     stream_id,
-                    device_token: token.clone(),
+                    device_token: if broadcast {
+                        String::new()
+                    } else {
+                        token.clone()
+                    },
+                    channel_id: broadcast.then(|| token.clone()),
                     topic: header(h, &APNS_TOPIC).map(str::to_owned),
                     push_type: header(h, &APNS_PUSH_TYPE).map(str::to_owned),
                     priority: header(h, &APNS_PRIORITY).map(str::to_owned),
@@ -714,8 +766,8 @@ async fn handle(
             reason,
             timestamp,
         } => {
-            let mut resp = answer_head(status, &apns_id);
-            if status == 200 && state.environment == EndpointKind::Sandbox {
+            let mut resp = answer_head(status, id_header, &apns_id);
+            if status == 200 && (broadcast || state.environment == EndpointKind::Sandbox) {
                 resp.headers_mut()
                     .insert(APNS_UNIQUE_ID.clone(), uuid_header(&mut rng));
             }
@@ -766,7 +818,7 @@ async fn handle(
             }
         }
         Action::CloseMidResponse => {
-            let resp = answer_head(200, &apns_id);
+            let resp = answer_head(200, id_header, &apns_id);
             let _keep_open = respond.send_response(resp, false);
             record(200, None, "closed");
             state.count(|s| s.closed_mid_response += 1);
@@ -796,12 +848,258 @@ fn never_indexed(mut v: HeaderValue) -> HeaderValue {
     v
 }
 
-/// An answer's head: its status and the request's apns-id.
-fn answer_head(status: u16, apns_id: &HeaderValue) -> Response<()> {
+/// An answer's head: its status and the request's id (`apns-id`, or `apns-request-id`).
+fn answer_head(status: u16, name: &HeaderName, id: &HeaderValue) -> Response<()> {
     let mut resp = Response::new(());
     *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(APNS_ID.clone(), apns_id.clone());
+    resp.headers_mut().insert(name.clone(), id.clone());
     resp
+}
+
+/// Authenticate a broadcast or channel-management request for `bundle` (from the
+/// path): the certificate's topics or the provider token must cover it (403
+/// TopicMismatch otherwise), and it must carry no push-type suffix (TopicDisallowed).
+fn authenticate_bundle(
+    state: &State,
+    conn: &Conn,
+    h: &HeaderMap,
+    bundle: &str,
+) -> Result<Option<String>, Refusal> {
+    if bundle.is_empty() || bundle.contains('/') {
+        return Err((404, Reason::BadPath));
+    }
+    let key_id = match &conn.cert_topics {
+        Some(topics) => {
+            if topics.is_empty() {
+                return Err((403, Reason::BadCertificate));
+            }
+            if !topics.iter().any(|b| b == bundle) {
+                return Err((403, Reason::TopicMismatch));
+            }
+            None
+        }
+        None => Some(
+            verify_token(state, conn, h, Some(bundle)).map_err(|e| match e {
+                (400, Reason::TopicDisallowed) => (403, Reason::TopicMismatch),
+                other => other,
+            })?,
+        ),
+    };
+    if apns::PushType::ALL
+        .iter()
+        .filter_map(|t| t.topic_suffix())
+        .any(|s| bundle.ends_with(s))
+    {
+        return Err((400, Reason::TopicDisallowed));
+    }
+    Ok(key_id)
+}
+
+/// A request's `apns-request-id`: echoed when it is a UUID, made up when absent.
+fn request_id(h: &HeaderMap, rng: &mut fastrand::Rng) -> Result<HeaderValue, Refusal> {
+    match h.get(&APNS_REQUEST_ID) {
+        None => Ok(uuid_header(rng)),
+        Some(v) => match v.to_str().ok().map(uuid::Uuid::parse_str) {
+            Some(Ok(_)) => Ok(never_indexed(v.clone())),
+            _ => Err((400, Reason::BadMessageId)),
+        },
+    }
+}
+
+/// The channel a request names in `apns-channel-id`, and its storage policy.
+fn channel_of(state: &State, h: &HeaderMap, bundle: &str) -> Result<(String, u8), Refusal> {
+    let id = h
+        .get(&APNS_CHANNEL_ID)
+        .ok_or((400, Reason::MissingChannelId))?
+        .to_str()
+        .map_err(|_| (400, Reason::BadChannelId))?;
+    validate_channel_id(id).map_err(|_| (400, Reason::BadChannelId))?;
+    let policy = state
+        .channels
+        .lock()
+        .expect("channels lock")
+        .get(bundle)
+        .and_then(|c| c.get(id).copied())
+        .ok_or((400, Reason::ChannelNotRegistered))?;
+    Ok((id.to_string(), policy))
+}
+
+/// Check a broadcast (`POST /4/broadcasts/apps/<bundle>`) as APNs does.
+fn validate_broadcast(
+    state: &State,
+    conn: &Conn,
+    parts: &http::request::Parts,
+    payload: &[u8],
+) -> Result<Info, Refusal> {
+    if parts.method != http::Method::POST {
+        return Err((405, Reason::MethodNotAllowed));
+    }
+    let bundle = parts
+        .uri
+        .path()
+        .strip_prefix("/4/broadcasts/apps/")
+        .unwrap_or("");
+    let h = &parts.headers;
+    let key_id = authenticate_bundle(state, conn, h, bundle)?;
+    let (channel, policy) = channel_of(state, h, bundle)?;
+    match header(h, &APNS_PUSH_TYPE) {
+        None => return Err((400, Reason::MissingPushType)),
+        Some(p) if !p.eq_ignore_ascii_case("liveactivity") => {
+            return Err((400, Reason::InvalidPushType));
+        }
+        Some(_) => {}
+    }
+    if !matches!(header(h, &APNS_PRIORITY), Some("10" | "5" | "1")) {
+        return Err((400, Reason::BadPriority));
+    }
+    match header(h, &APNS_EXPIRATION).map(str::parse::<u64>) {
+        Some(Ok(0)) => {}
+        Some(Ok(_)) if policy == 1 => {}
+        _ => return Err((400, Reason::BadExpirationDate)),
+    }
+    if let Some(id) = h.get(&APNS_REQUEST_ID) {
+        if id
+            .to_str()
+            .ok()
+            .map(uuid::Uuid::parse_str)
+            .is_none_or(|r| r.is_err())
+        {
+            return Err((400, Reason::BadMessageId));
+        }
+    }
+    if payload.is_empty() {
+        return Err((400, Reason::PayloadEmpty));
+    }
+    if payload.len() > MAX_PAYLOAD_BROADCAST {
+        return Err((413, Reason::PayloadTooLarge));
+    }
+    Ok(Info {
+        token: channel,
+        key_id,
+    })
+}
+
+/// Serve a channel-management request (`/1/apps/<bundle>/channels`, `/all-channels`)
+/// from the in-memory store, as Apple's management hosts do.
+fn manage(
+    state: &State,
+    conn: &Conn,
+    parts: &http::request::Parts,
+    body: &[u8],
+    mut respond: SendResponse<Bytes>,
+    rng: &mut fastrand::Rng,
+) {
+    let (status, extra, reply) = match manage_answer(state, conn, parts, body, rng) {
+        Ok(ok) => ok,
+        Err((status, reason)) => (status, None, Some(format!(r#"{{"reason":"{reason}"}}"#))),
+    };
+    state.count(|s| {
+        s.answered += 1;
+        *s.by_status.entry(status).or_default() += 1;
+        s.channel_requests += 1;
+    });
+    let mut resp = Response::new(());
+    *resp.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let rid = request_id(&parts.headers, rng).unwrap_or_else(|_| uuid_header(rng));
+    resp.headers_mut().insert(APNS_REQUEST_ID.clone(), rid);
+    if let Some(id) = extra {
+        resp.headers_mut().insert(APNS_CHANNEL_ID.clone(), id);
+    }
+    let end = reply.is_none();
+    if let Ok(mut stream) = respond.send_response(resp, end) {
+        if let Some(b) = reply {
+            let _ = stream.send_data(Bytes::from(b), true);
+        }
+    }
+}
+
+type Managed = (u16, Option<HeaderValue>, Option<String>);
+
+fn manage_answer(
+    state: &State,
+    conn: &Conn,
+    parts: &http::request::Parts,
+    body: &[u8],
+    rng: &mut fastrand::Rng,
+) -> Result<Managed, Refusal> {
+    let rest = parts.uri.path().strip_prefix("/1/apps/").unwrap_or("");
+    let (bundle, resource) = rest.rsplit_once('/').ok_or((404, Reason::BadPath))?;
+    let method = &parts.method;
+    match (resource, method.as_str()) {
+        ("channels", "POST" | "GET" | "DELETE") | ("all-channels", "GET") => {}
+        ("channels" | "all-channels", _) => return Err((405, Reason::MethodNotAllowed)),
+        _ => return Err((404, Reason::BadPath)),
+    }
+    let h = &parts.headers;
+    authenticate_bundle(state, conn, h, bundle)?;
+    request_id(h, rng)?;
+    if resource == "all-channels" {
+        let ids: Vec<String> = state
+            .channels
+            .lock()
+            .expect("channels lock")
+            .get(bundle)
+            .map(|c| c.keys().cloned().collect())
+            .unwrap_or_default();
+        let body = serde_json::json!({ "channels": ids }).to_string();
+        return Ok((200, None, Some(body)));
+    }
+    match method.as_str() {
+        "POST" => {
+            let v: serde_json::Value =
+                serde_json::from_slice(body).map_err(|_| (400, Reason::BadRequestPayload))?;
+            let obj = v.as_object().ok_or((400, Reason::BadRequestPayload))?;
+            if obj
+                .keys()
+                .any(|k| k != "message-storage-policy" && k != "push-type")
+            {
+                return Err((400, Reason::BadRequestParams));
+            }
+            match obj.get("push-type") {
+                None => return Err((400, Reason::MissingPushType)),
+                Some(p) if p != "LiveActivity" => return Err((400, Reason::InvalidPushType)),
+                Some(_) => {}
+            }
+            let policy = match obj.get("message-storage-policy").and_then(|p| p.as_u64()) {
+                Some(p @ (0 | 1)) => p as u8,
+                _ => return Err((400, Reason::BadRequestParams)),
+            };
+            let mut all = state.channels.lock().expect("channels lock");
+            let mine = all.entry(bundle.to_string()).or_default();
+            if mine.len() >= state.max_channels {
+                return Err((400, Reason::CannotCreateChannelConfig));
+            }
+            let id = loop {
+                use base64::Engine;
+                let id =
+                    base64::engine::general_purpose::STANDARD.encode(rng.u128(..).to_le_bytes());
+                if !mine.contains_key(&id) {
+                    break id;
+                }
+            };
+            mine.insert(id.clone(), policy);
+            let v = HeaderValue::from_str(&id).expect("base64 is a header value");
+            Ok((201, Some(v), None))
+        }
+        "GET" => {
+            let (_, policy) = channel_of(state, h, bundle)?;
+            let body =
+                format!(r#"{{"message-storage-policy":{policy},"push-type":"LiveActivity"}}"#);
+            Ok((200, None, Some(body)))
+        }
+        _ => {
+            let (id, _) = channel_of(state, h, bundle)?;
+            if let Some(c) = state
+                .channels
+                .lock()
+                .expect("channels lock")
+                .get_mut(bundle)
+            {
+                c.remove(&id);
+            }
+            Ok((204, None, None))
+        }
+    }
 }
 
 fn device_token_of(parts: &http::request::Parts) -> String {

@@ -17,6 +17,9 @@ pub enum Outcome {
         /// The 410 `timestamp` (ms since the epoch), when APNs gave one.
         unregistered_at: Option<u64>,
     },
+    /// A broadcast's channel does not exist (deleted, never created, or created in the
+    /// other environment): tell the producers to stop using it.
+    ChannelGone { status: u16, reason: Reason },
     /// The message itself is wrong; sending it again cannot help.
     Rejected { status: u16, reason: Option<Reason> },
     /// Transient: try again later (bounded by the caller's attempt limit).
@@ -97,6 +100,10 @@ pub fn classify(resp: &ApnsResponse, ctx: Context) -> Outcome {
             unregistered_at: None,
         },
         (400, Some(IdleTimeout)) => retry(),
+        (400, Some(ChannelNotRegistered)) => Outcome::ChannelGone {
+            status,
+            reason: ChannelNotRegistered,
+        },
         (400 | 404 | 405 | 413, _) => Outcome::Rejected { status, reason },
         (403, Some(ExpiredProviderToken)) if ctx.can_refresh_token => Outcome::RefreshToken,
         (403, _) => Outcome::CredentialsBroken { status, reason },
@@ -128,6 +135,7 @@ mod tests {
     enum Want {
         Delivered,
         TokenDead,
+        ChannelGone,
         Rejected,
         Retry,
         Refresh,
@@ -139,6 +147,7 @@ mod tests {
         match o {
             Outcome::Delivered => Want::Delivered,
             Outcome::TokenDead { .. } => Want::TokenDead,
+            Outcome::ChannelGone { .. } => Want::ChannelGone,
             Outcome::Rejected { .. } => Want::Rejected,
             Outcome::RetryLater(_) => Want::Retry,
             Outcome::RefreshToken => Want::Refresh,
@@ -184,6 +193,19 @@ mod tests {
             (InternalServerError, Want::Retry),
             (ServiceUnavailable, Want::Retry),
             (Shutdown, Want::Retry),
+            // Broadcasts and channel management. FeatureNotEnabled is the app's
+            // broadcast capability, not its credentials: pausing the app would stop its
+            // device pushes too, so the broadcast is dead-lettered with the reason.
+            (FeatureNotEnabled, Want::Rejected),
+            (MissingChannelId, Want::Rejected),
+            (BadChannelId, Want::Rejected),
+            (ChannelNotRegistered, Want::ChannelGone),
+            (BadRequestParams, Want::Rejected),
+            (BadRequestPayload, Want::Rejected),
+            (MissingPushType, Want::Rejected),
+            (CannotCreateChannelConfig, Want::Rejected),
+            // The credentials do not cover the bundle id in the broadcast's path.
+            (TopicMismatch, Want::Credentials),
         ];
         assert_eq!(table.len(), Reason::ALL.len(), "a reason has no row");
         let ctx = Context {

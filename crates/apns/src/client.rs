@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::HeaderValue;
 use http::uri::Authority;
 use tokio::time::Instant;
 
@@ -28,7 +30,7 @@ use crate::jwt::{
 };
 use crate::notification::Notification;
 use crate::pool::{Pool, PoolOptions};
-use crate::response::ApnsResponse;
+use crate::response::{Answer, ApnsResponse};
 use crate::settings::{AppSettings, Auth as AuthSettings, ClientSettings, key_for_topic};
 use crate::tls::{self, TlsError};
 
@@ -97,6 +99,15 @@ pub struct Delivery {
     pub outcome: Outcome,
     pub connection: u64,
     /// Resends this notification needed (refused streams, GOAWAY, token refresh).
+    pub resends: u32,
+}
+
+/// What the send loop got for one request: the whole answer and what it means.
+pub(crate) struct Exchange {
+    pub answer: Answer,
+    pub response: ApnsResponse,
+    pub outcome: Outcome,
+    pub connection: u64,
     pub resends: u32,
 }
 
@@ -347,12 +358,36 @@ impl AppClient {
         n: &Notification,
         proceed: impl Fn() -> bool,
     ) -> Result<Delivery, SendError> {
-        let (signer, pool) = self
-            .route(n.topic())
-            .ok_or_else(|| SendError::NoKeyForTopic {
-                app: self.name.clone(),
-                topic: n.topic().to_string(),
-            })?;
+        let x = self
+            .exchange(
+                n.topic(),
+                |auth| n.request(&self.authority, auth),
+                n.payload(),
+                proceed,
+            )
+            .await?;
+        Ok(Delivery {
+            response: x.response,
+            outcome: x.outcome,
+            connection: x.connection,
+            resends: x.resends,
+        })
+    }
+
+    /// The send loop for any request to this app's endpoint: `build` makes the request
+    /// of one attempt from the `authorization` value (token auth) and `body` goes with
+    /// it; the key for `topic` signs it. Used by notifications and channel management.
+    pub(crate) async fn exchange(
+        &self,
+        topic: &str,
+        build: impl Fn(Option<&HeaderValue>) -> http::Request<()>,
+        body: &Bytes,
+        proceed: impl Fn() -> bool,
+    ) -> Result<Exchange, SendError> {
+        let (signer, pool) = self.route(topic).ok_or_else(|| SendError::NoKeyForTopic {
+            app: self.name.clone(),
+            topic: topic.to_string(),
+        })?;
         let deadline = Instant::now() + self.opts.send_timeout;
         let mut token: Option<Arc<ProviderToken>> = match signer {
             Some(s) => Some(s.current().map_err(|e| SendError::Token(e.to_string()))?),
@@ -368,21 +403,22 @@ impl AppClient {
             if !proceed() {
                 return Err(SendError::Withdrawn);
             }
-            let req = n.request(&self.authority, token.as_ref().map(|t| t.authorization()));
+            let req = build(token.as_ref().map(|t| t.authorization()));
             // An attempt, once started, gets its whole request timeout: cutting it short
             // because the wait for a stream was long would only turn answers into Unknowns.
             match conn
-                .send(req, n.payload().clone(), self.opts.request_timeout, permit)
+                .send(req, body.clone(), self.opts.request_timeout, permit)
                 .await
             {
-                Ok(response) => {
+                Ok(answer) => {
+                    let response = ApnsResponse::from_answer(&answer);
                     if classify::leave_connection(&response) {
                         conn.drain("503 Shutdown");
                     }
                     let ctx = Context {
                         can_refresh_token: signer.is_some() && !refreshed,
                     };
-                    let outcome = classify::classify(&response, ctx);
+                    let mut outcome = classify::classify(&response, ctx);
                     if outcome == Outcome::RefreshToken {
                         let (s, used) = (
                             signer.expect("token auth"),
@@ -400,17 +436,12 @@ impl AppClient {
                             }
                             AfterExpired::TooSoon => {
                                 tracing::error!(app = %self.name, key_id = s.key_id(), "APNs says the provider token expired although it is younger than 20 minutes: check the system clock");
-                                let outcome = classify::classify(&response, Context::default());
-                                return Ok(Delivery {
-                                    response,
-                                    outcome,
-                                    connection: conn.id(),
-                                    resends,
-                                });
+                                outcome = classify::classify(&response, Context::default());
                             }
                         }
                     }
-                    return Ok(Delivery {
+                    return Ok(Exchange {
+                        answer,
                         response,
                         outcome,
                         connection: conn.id(),

@@ -1,7 +1,7 @@
 //! One HTTP/2 + TLS connection to APNs: connect, send one request per stream with a
 //! timeout, watch the server's SETTINGS and GOAWAY frames, PING when idle.
 //!
-//! The outcome of one attempt is an [`ApnsResponse`] or an [`AttemptError`] that says
+//! The outcome of one attempt is an [`Answer`] or an [`AttemptError`] that says
 //! whether APNs can have processed the request (`Unknown`) or certainly did not
 //! (`NotSent`: the stream was refused, or was above a GOAWAY's last-stream-id).
 
@@ -25,8 +25,7 @@ use tokio::task::AbortHandle;
 use crate::endpoint::Endpoint;
 use crate::frames::{self, Event, FrameScanner, GoAway};
 use crate::limiter::{StreamLimiter, StreamPermit};
-use crate::notification::{APNS_ID, APNS_UNIQUE_ID};
-use crate::response::ApnsResponse;
+use crate::response::Answer;
 
 /// How to open and keep one connection.
 #[derive(Clone, Debug)]
@@ -489,7 +488,7 @@ impl Connection {
         body: Bytes,
         timeout: Duration,
         permit: StreamPermit,
-    ) -> Result<ApnsResponse, AttemptError> {
+    ) -> Result<Answer, AttemptError> {
         let _permit = permit;
         if !self.is_open() {
             return Err(AttemptError::NotSent("connection is draining".into()));
@@ -539,19 +538,11 @@ impl Connection {
             Ok(Ok((parts, body))) => {
                 self.shared.responses.fetch_add(1, Ordering::Relaxed);
                 self.shared.mark_alive();
-                let header = |name| {
-                    parts
-                        .headers
-                        .get(name)
-                        .and_then(|v: &http::HeaderValue| v.to_str().ok())
-                        .map(str::to_owned)
-                };
-                Ok(ApnsResponse::from_parts(
-                    parts.status.as_u16(),
-                    header(&APNS_ID),
-                    header(&APNS_UNIQUE_ID),
-                    &body,
-                ))
+                Ok(Answer {
+                    status: parts.status.as_u16(),
+                    headers: parts.headers,
+                    body: body.freeze(),
+                })
             }
         }
     }

@@ -7,6 +7,10 @@ use serde::{Deserialize, Serialize};
 
 pub const PRODUCTION_HOST: &str = "api.push.apple.com";
 pub const SANDBOX_HOST: &str = "api.sandbox.push.apple.com";
+/// Broadcast channel management, production (port 2196).
+pub const MANAGE_PRODUCTION_HOST: &str = "api-manage-broadcast.push.apple.com";
+/// Broadcast channel management, sandbox (port 2195).
+pub const MANAGE_SANDBOX_HOST: &str = "api-manage-broadcast.sandbox.push.apple.com";
 
 /// An APNs endpoint. Parsed from `production`, `sandbox`, `production:2197`,
 /// `sandbox:2197` or `https://host[:port]` (a mock or a proxy; port 443 when omitted).
@@ -91,6 +95,26 @@ impl Endpoint {
         Some(other)
     }
 
+    /// Where broadcast channels of this environment are managed: Apple's management
+    /// host of the same environment (`api-manage-broadcast[.sandbox].push.apple.com`,
+    /// port 2196 for production and 2195 for sandbox); a custom endpoint manages its
+    /// own (a mock serves both APIs on one port).
+    pub fn channel_management(&self) -> Endpoint {
+        match self.kind {
+            EndpointKind::Production => Endpoint {
+                kind: EndpointKind::Production,
+                host: MANAGE_PRODUCTION_HOST.into(),
+                port: 2196,
+            },
+            EndpointKind::Sandbox => Endpoint {
+                kind: EndpointKind::Sandbox,
+                host: MANAGE_SANDBOX_HOST.into(),
+                port: 2195,
+            },
+            EndpointKind::Custom => self.clone(),
+        }
+    }
+
     /// `host:port`, the value of the `:authority` pseudo-header and of the TCP connect.
     pub fn authority(&self) -> String {
         format!("{}:{}", self.host, self.port)
@@ -99,12 +123,13 @@ impl Endpoint {
 
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let apple = matches!(self.host.as_str(), PRODUCTION_HOST | SANDBOX_HOST);
         match (self.kind, self.port) {
-            (EndpointKind::Production, 443) => f.write_str("production"),
-            (EndpointKind::Sandbox, 443) => f.write_str("sandbox"),
-            (EndpointKind::Production, p) => write!(f, "production:{p}"),
-            (EndpointKind::Sandbox, p) => write!(f, "sandbox:{p}"),
-            (EndpointKind::Custom, p) => write!(f, "https://{}:{p}", self.host),
+            (EndpointKind::Production, 443) if apple => f.write_str("production"),
+            (EndpointKind::Sandbox, 443) if apple => f.write_str("sandbox"),
+            (EndpointKind::Production, p) if apple => write!(f, "production:{p}"),
+            (EndpointKind::Sandbox, p) if apple => write!(f, "sandbox:{p}"),
+            (_, p) => write!(f, "https://{}:{p}", self.host),
         }
     }
 }
@@ -159,6 +184,8 @@ impl FromStr for Endpoint {
         let e = match host {
             PRODUCTION_HOST => Endpoint::production(),
             SANDBOX_HOST => Endpoint::sandbox(),
+            MANAGE_PRODUCTION_HOST => return Ok(Endpoint::production().channel_management()),
+            MANAGE_SANDBOX_HOST => return Ok(Endpoint::sandbox().channel_management()),
             _ => return Ok(Endpoint::custom(host, port)),
         };
         apple(e, Some(&port.to_string()))
@@ -225,6 +252,20 @@ mod tests {
             let again: Endpoint = e.to_string().parse().unwrap();
             assert_eq!(again, e, "round trip of {input}");
         }
+    }
+
+    #[test]
+    fn channel_management_hosts_follow_the_environment() {
+        let p = Endpoint::production().channel_management();
+        assert_eq!((p.host(), p.port()), (MANAGE_PRODUCTION_HOST, 2196));
+        assert_eq!(p.kind(), EndpointKind::Production);
+        let s: Endpoint = "sandbox:2197".parse().unwrap();
+        let s = s.channel_management();
+        assert_eq!((s.host(), s.port()), (MANAGE_SANDBOX_HOST, 2195));
+        assert_eq!(s.to_string().parse::<Endpoint>().unwrap(), s);
+        assert_eq!(p.to_string().parse::<Endpoint>().unwrap(), p);
+        let mock = Endpoint::custom("localhost", 8443);
+        assert_eq!(mock.channel_management(), mock);
     }
 
     #[test]

@@ -59,6 +59,7 @@
 //! The `apns-mock` crate is a server that behaves like Apple's (with fault injection)
 //! for testing code that uses this one.
 
+pub mod channels;
 pub mod classify;
 pub mod client;
 pub mod connection;
@@ -79,7 +80,8 @@ pub use classify::{Outcome, RetryCause, classify, reason_label};
 pub use client::{ApnsClient, AppClient, ClientError, Delivery, SendError};
 pub use endpoint::{Endpoint, EndpointKind};
 pub use notification::{
-    Notification, NotificationParts, Priority, PushType, ValidationError, topic_matches,
+    BroadcastParts, Notification, NotificationParts, Priority, PushType, Target, ValidationError,
+    topic_matches,
 };
 pub use payload::PayloadError;
 pub use response::{ApnsResponse, Reason};

@@ -20,11 +20,18 @@ pub static APNS_EXPIRATION: HeaderName = HeaderName::from_static("apns-expiratio
 pub static APNS_COLLAPSE_ID: HeaderName = HeaderName::from_static("apns-collapse-id");
 pub static APNS_ID: HeaderName = HeaderName::from_static("apns-id");
 pub static APNS_UNIQUE_ID: HeaderName = HeaderName::from_static("apns-unique-id");
+pub static APNS_CHANNEL_ID: HeaderName = HeaderName::from_static("apns-channel-id");
+pub static APNS_REQUEST_ID: HeaderName = HeaderName::from_static("apns-request-id");
 
 /// Payload limit for every push type but voip.
 pub const MAX_PAYLOAD: usize = 4096;
 /// Payload limit for voip pushes.
 pub const MAX_PAYLOAD_VOIP: usize = 5120;
+/// Payload limit for broadcasts (Live Activity updates on a channel).
+pub const MAX_PAYLOAD_BROADCAST: usize = 5120;
+/// A channel id's length bound. Apple says not to assume a size; ids seen are about
+/// 24 characters, and 1024 still refuses garbage.
+pub const MAX_CHANNEL_ID: usize = 1024;
 /// `apns-collapse-id` limit in bytes.
 pub const MAX_COLLAPSE_ID: usize = 64;
 /// Device tokens are 32 bytes (64 hex digits) today; Apple says not to assume a length.
@@ -46,10 +53,11 @@ pub enum PushType {
     Location,
     Pushtotalk,
     Widgets,
+    Controls,
 }
 
 impl PushType {
-    pub const ALL: [PushType; 10] = [
+    pub const ALL: [PushType; 11] = [
         PushType::Alert,
         PushType::Background,
         PushType::Voip,
@@ -60,6 +68,7 @@ impl PushType {
         PushType::Location,
         PushType::Pushtotalk,
         PushType::Widgets,
+        PushType::Controls,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -74,6 +83,7 @@ impl PushType {
             PushType::Location => "location",
             PushType::Pushtotalk => "pushtotalk",
             PushType::Widgets => "widgets",
+            PushType::Controls => "controls",
         }
     }
 
@@ -86,7 +96,9 @@ impl PushType {
             PushType::Liveactivity => Some(".push-type.liveactivity"),
             PushType::Location => Some(".location-query"),
             PushType::Pushtotalk => Some(".voip-ptt"),
-            _ => None,
+            PushType::Widgets => Some(".push-type.widgets"),
+            PushType::Controls => Some(".push-type.controls"),
+            PushType::Alert | PushType::Background | PushType::Mdm => None,
         }
     }
 
@@ -182,7 +194,7 @@ pub enum ValidationError {
         suffix: &'static str,
     },
     #[error(
-        "push_type {0:?} is not one of alert, background, voip, complication, fileprovider, mdm, liveactivity, location, pushtotalk, widgets"
+        "push_type {0:?} is not one of alert, background, voip, complication, fileprovider, mdm, liveactivity, location, pushtotalk, widgets, controls"
     )]
     UnknownPushType(String),
     #[error("priority {0} is not one of 10, 5, 1")]
@@ -203,6 +215,22 @@ pub enum ValidationError {
     CollapseIdControl,
     #[error("collapse_id is empty; leave it out instead")]
     CollapseIdEmpty,
+    #[error("channel_id is empty")]
+    EmptyChannelId,
+    #[error(
+        "channel_id must be base64 (letters, digits, '+', '/' and '=' padding; found {found:?} at position {position})"
+    )]
+    ChannelIdNotBase64 { position: usize, found: char },
+    #[error("channel_id is {0} characters; more than {MAX_CHANNEL_ID} is not a channel id")]
+    ChannelIdTooLong(usize),
+    #[error(
+        "channel_id {0:?} is not padded base64 (its length is a multiple of 4, with at most two '=' at the end)"
+    )]
+    ChannelIdBadPadding(String),
+    #[error(
+        "a broadcast goes to the bundle id: topic {topic:?} has the push-type suffix {suffix:?} (APNs answers TopicDisallowed)"
+    )]
+    BroadcastTopicSuffix { topic: String, suffix: &'static str },
 }
 
 /// The fields of a notification, before validation.
@@ -270,7 +298,7 @@ pub fn topic_matches(base: &str, topic: &str) -> bool {
 /// ```
 #[derive(Clone, Debug)]
 pub struct Notification {
-    device_token: String,
+    target: Target,
     topic: String,
     push_type: PushType,
     apns_id: Option<Uuid>,
@@ -278,6 +306,58 @@ pub struct Notification {
     path: PathAndQuery,
     headers: Vec<(&'static HeaderName, HeaderValue)>,
     payload: Bytes,
+}
+
+/// Where a notification goes: one device, or everyone subscribed to a broadcast channel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Target {
+    /// `POST /3/device/<token>` with `apns-topic`.
+    Device(String),
+    /// `POST /4/broadcasts/apps/<bundle id>` with `apns-channel-id` (Live Activities,
+    /// iOS 18): the channel's id, as channel management returned it.
+    Channel(String),
+}
+
+/// The fields of a broadcast (a Live Activity update to a channel), before validation.
+#[derive(Clone, Debug)]
+pub struct BroadcastParts {
+    /// The channel id (base64), as [`crate::channels`] created it.
+    pub channel_id: String,
+    /// The app's bundle id, without a push-type suffix.
+    pub bundle_id: String,
+    /// Default 10. Apple requires the header on broadcasts; we always send it.
+    pub priority: Option<Priority>,
+    /// Unix seconds. Default 0 (deliver once, store nothing): Apple requires the header,
+    /// and refuses a non-zero value on a channel created without message storage.
+    pub expiration: Option<u64>,
+    /// Sent as `apns-request-id`; APNs echoes it. Stable across retries.
+    pub request_id: Option<Uuid>,
+    /// The JSON body, sent as is (at most 5,120 bytes).
+    pub payload: Bytes,
+}
+
+/// Check a broadcast channel id: non-empty, bounded, standard base64 with its padding
+/// (`^([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$`, as the job schema
+/// says).
+pub fn validate_channel_id(id: &str) -> Result<(), ValidationError> {
+    if id.is_empty() {
+        return Err(ValidationError::EmptyChannelId);
+    }
+    if id.len() > MAX_CHANNEL_ID {
+        return Err(ValidationError::ChannelIdTooLong(id.len()));
+    }
+    if let Some((position, found)) = id
+        .char_indices()
+        .find(|(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=')))
+    {
+        return Err(ValidationError::ChannelIdNotBase64 { position, found });
+    }
+    let data = id.trim_end_matches('=');
+    let padding = id.len() - data.len();
+    if id.len() % 4 != 0 || padding > 2 || data.contains('=') {
+        return Err(ValidationError::ChannelIdBadPadding(id.to_string()));
+    }
+    Ok(())
 }
 
 fn is_topic_char(c: char) -> bool {
@@ -375,7 +455,7 @@ impl Notification {
         let path = PathAndQuery::try_from(format!("/3/device/{}", p.device_token))
             .expect("hex token is a valid path");
         Ok(Notification {
-            device_token: p.device_token,
+            target: Target::Device(p.device_token),
             topic: p.topic,
             push_type: p.push_type,
             apns_id: p.apns_id,
@@ -386,10 +466,109 @@ impl Notification {
         })
     }
 
-    pub fn device_token(&self) -> &str {
-        &self.device_token
+    /// A broadcast to a Live Activity channel: validated as APNs would, headers built.
+    ///
+    /// ```
+    /// use apns::{BroadcastParts, Notification, ValidationError};
+    ///
+    /// let parts = BroadcastParts {
+    ///     channel_id: "dHN0LXNyY2gtY2hubA==".into(),
+    ///     bundle_id: "com.example.app".into(),
+    ///     priority: None,
+    ///     expiration: None,
+    ///     request_id: None,
+    ///     payload: br#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{}}}"#.as_slice().into(),
+    /// };
+    /// let n = Notification::broadcast(parts.clone())?;
+    /// assert_eq!(n.channel_id(), Some("dHN0LXNyY2gtY2hubA=="));
+    /// let bad = BroadcastParts { channel_id: "not base64!".into(), ..parts };
+    /// assert!(matches!(Notification::broadcast(bad), Err(ValidationError::ChannelIdNotBase64 { .. })));
+    /// # Ok::<(), ValidationError>(())
+    /// ```
+    pub fn broadcast(p: BroadcastParts) -> Result<Notification, ValidationError> {
+        validate_channel_id(&p.channel_id)?;
+        if p.bundle_id.is_empty() {
+            return Err(ValidationError::EmptyTopic);
+        }
+        if !p.bundle_id.chars().all(is_topic_char) {
+            return Err(ValidationError::BadTopicCharacters(p.bundle_id));
+        }
+        if let Some(suffix) = PushType::ALL
+            .iter()
+            .filter_map(|t| t.topic_suffix())
+            .find(|s| p.bundle_id.ends_with(s))
+        {
+            return Err(ValidationError::BroadcastTopicSuffix {
+                topic: p.bundle_id,
+                suffix,
+            });
+        }
+        if p.payload.is_empty() {
+            return Err(ValidationError::EmptyPayload);
+        }
+        if p.payload.len() > MAX_PAYLOAD_BROADCAST {
+            return Err(ValidationError::PayloadTooLarge {
+                size: p.payload.len(),
+                limit: MAX_PAYLOAD_BROADCAST,
+                push_type: PushType::Liveactivity,
+            });
+        }
+        let priority = p.priority.unwrap_or(Priority::Immediate);
+        let expiration = p.expiration.unwrap_or(0);
+        // Checked base64 above: a valid header value.
+        let channel = HeaderValue::from_str(&p.channel_id).expect("checked channel id");
+        let mut headers = vec![
+            (&APNS_CHANNEL_ID, channel),
+            (
+                &APNS_PUSH_TYPE,
+                HeaderValue::from_static(PushType::Liveactivity.as_str()),
+            ),
+            (&APNS_PRIORITY, priority.header()),
+            (&APNS_EXPIRATION, HeaderValue::from(expiration)),
+        ];
+        if let Some(id) = p.request_id {
+            let mut buf = Uuid::encode_buffer();
+            let s = id.hyphenated().encode_lower(&mut buf);
+            let mut v = HeaderValue::from_str(s).expect("uuid is ascii");
+            v.set_sensitive(true);
+            headers.push((&APNS_REQUEST_ID, v));
+        }
+        let path = PathAndQuery::try_from(format!("/4/broadcasts/apps/{}", p.bundle_id))
+            .expect("checked bundle id is a valid path");
+        Ok(Notification {
+            target: Target::Channel(p.channel_id),
+            topic: p.bundle_id,
+            push_type: PushType::Liveactivity,
+            apns_id: p.request_id,
+            expiration: Some(expiration),
+            path,
+            headers,
+            payload: p.payload,
+        })
     }
 
+    /// Where it goes.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The device token; `None` for a broadcast.
+    pub fn device_token(&self) -> Option<&str> {
+        match &self.target {
+            Target::Device(t) => Some(t),
+            Target::Channel(_) => None,
+        }
+    }
+
+    /// The channel id of a broadcast; `None` for a device notification.
+    pub fn channel_id(&self) -> Option<&str> {
+        match &self.target {
+            Target::Channel(c) => Some(c),
+            Target::Device(_) => None,
+        }
+    }
+
+    /// The `apns-topic` of a device notification; the bundle id of a broadcast.
     pub fn topic(&self) -> &str {
         &self.topic
     }
@@ -398,6 +577,7 @@ impl Notification {
         self.push_type
     }
 
+    /// The `apns-id` of a device notification; the `apns-request-id` of a broadcast.
     pub fn apns_id(&self) -> Option<Uuid> {
         self.apns_id
     }
@@ -621,6 +801,227 @@ mod tests {
                 "{pt}: the suffix alone is no topic"
             );
         }
+    }
+
+    /// One row per push type: its topic suffix, payload limit, default priority,
+    /// whether priority 10 is refused, and a payload its rule accepts and one it refuses.
+    #[test]
+    fn every_push_type_has_its_row() {
+        use crate::payload::check_push_type;
+        type Row = (
+            PushType,
+            Option<&'static str>,
+            usize,
+            Priority,
+            bool,
+            &'static str,
+            Option<&'static str>,
+        );
+        const LIVE: &str =
+            r#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{}}}"#;
+        const ALERT: &str = r#"{"aps":{"alert":"hi"}}"#;
+        let rows: [Row; 11] = [
+            (
+                PushType::Alert,
+                None,
+                4096,
+                Priority::Immediate,
+                false,
+                ALERT,
+                None,
+            ),
+            (
+                PushType::Background,
+                None,
+                4096,
+                Priority::PowerConsiderate,
+                true,
+                r#"{"aps":{"content-available":1}}"#,
+                Some(ALERT),
+            ),
+            (
+                PushType::Voip,
+                Some(".voip"),
+                5120,
+                Priority::Immediate,
+                false,
+                "{}",
+                None,
+            ),
+            (
+                PushType::Complication,
+                Some(".complication"),
+                4096,
+                Priority::Immediate,
+                false,
+                ALERT,
+                None,
+            ),
+            (
+                PushType::Fileprovider,
+                Some(".pushkit.fileprovider"),
+                4096,
+                Priority::Immediate,
+                false,
+                "{}",
+                None,
+            ),
+            (
+                PushType::Mdm,
+                None,
+                4096,
+                Priority::Immediate,
+                false,
+                r#"{"mdm":"x"}"#,
+                None,
+            ),
+            (
+                PushType::Liveactivity,
+                Some(".push-type.liveactivity"),
+                4096,
+                Priority::Immediate,
+                false,
+                LIVE,
+                Some(ALERT),
+            ),
+            (
+                PushType::Location,
+                Some(".location-query"),
+                4096,
+                Priority::Immediate,
+                false,
+                "{}",
+                None,
+            ),
+            (
+                PushType::Pushtotalk,
+                Some(".voip-ptt"),
+                4096,
+                Priority::Immediate,
+                false,
+                "{}",
+                None,
+            ),
+            (
+                PushType::Widgets,
+                Some(".push-type.widgets"),
+                4096,
+                Priority::Immediate,
+                false,
+                r#"{"aps":{"content-changed":true}}"#,
+                Some(ALERT),
+            ),
+            (
+                PushType::Controls,
+                Some(".push-type.controls"),
+                4096,
+                Priority::Immediate,
+                false,
+                r#"{"aps":{"content-changed":true}}"#,
+                Some(r#"{"aps":{"content-changed":false}}"#),
+            ),
+        ];
+        assert_eq!(
+            rows.iter().map(|r| r.0).collect::<Vec<_>>(),
+            PushType::ALL.to_vec(),
+            "one row per push type, in order"
+        );
+        for (pt, suffix, limit, priority, refuses_10, good, bad) in rows {
+            assert_eq!(pt.topic_suffix(), suffix, "{pt}");
+            assert_eq!(pt.max_payload(), limit, "{pt}");
+            assert_eq!(pt.default_priority(), priority, "{pt}");
+            let topic = format!("com.example.app{}", suffix.unwrap_or(""));
+            let at_10 = with(|p| {
+                p.push_type = pt;
+                p.topic = topic.clone();
+                p.priority = Some(Priority::Immediate);
+            });
+            assert_eq!(at_10.is_err(), refuses_10, "{pt} at priority 10");
+            assert!(check_push_type(good, pt, false).is_ok(), "{pt}: {good}");
+            if let Some(bad) = bad {
+                let e = check_push_type(bad, pt, false).unwrap_err();
+                assert!(e.to_string().starts_with("payload.aps."), "{pt}: {e}");
+            }
+            // The list in the error of an unknown push type names every push type.
+            assert!(
+                ValidationError::UnknownPushType("x".into())
+                    .to_string()
+                    .contains(pt.as_str()),
+                "{pt}"
+            );
+        }
+    }
+
+    #[test]
+    fn broadcasts_are_built_as_apple_documents() {
+        let id = Uuid::parse_str("123e4567-e89b-12d3-a456-426614174000").unwrap();
+        let parts = BroadcastParts {
+            channel_id: "dHN0LXNyY2gtY2hubA==".into(),
+            bundle_id: "com.example.app".into(),
+            priority: None,
+            expiration: None,
+            request_id: Some(id),
+            payload: Bytes::from_static(
+                br#"{"aps":{"event":"update","timestamp":1,"content-state":{}}}"#,
+            ),
+        };
+        let n = Notification::broadcast(parts.clone()).unwrap();
+        let authority = Authority::from_static("api.push.apple.com:443");
+        let req = n.request(&authority, None);
+        assert_eq!(
+            req.uri().to_string(),
+            "https://api.push.apple.com:443/4/broadcasts/apps/com.example.app"
+        );
+        let h = req.headers();
+        assert_eq!(h["apns-channel-id"], "dHN0LXNyY2gtY2hubA==");
+        assert_eq!(h["apns-push-type"], "liveactivity");
+        assert_eq!(h["apns-priority"], "10", "required: sent by default");
+        assert_eq!(h["apns-expiration"], "0", "required: 0 by default");
+        assert_eq!(h["apns-request-id"], "123e4567-e89b-12d3-a456-426614174000");
+        assert!(
+            !h.contains_key("apns-topic"),
+            "no apns-topic on a broadcast"
+        );
+        assert!(!h.contains_key("apns-id"));
+        assert_eq!(
+            (n.device_token(), n.channel_id()),
+            (None, Some("dHN0LXNyY2gtY2hubA=="))
+        );
+
+        use ValidationError as E;
+        let bad = |f: &dyn Fn(&mut BroadcastParts)| {
+            let mut p = parts.clone();
+            f(&mut p);
+            Notification::broadcast(p).unwrap_err()
+        };
+        assert!(matches!(bad(&|p| p.channel_id.clear()), E::EmptyChannelId));
+        assert!(matches!(
+            bad(&|p| p.channel_id = "ab\r\ncd==".into()),
+            E::ChannelIdNotBase64 { position: 2, .. }
+        ));
+        assert!(matches!(
+            bad(&|p| p.channel_id = "abc".into()),
+            E::ChannelIdBadPadding(_)
+        ));
+        assert!(matches!(
+            bad(&|p| p.channel_id = "a".repeat(1028)),
+            E::ChannelIdTooLong(1028)
+        ));
+        assert!(matches!(
+            bad(&|p| p.bundle_id = "com.example.app.push-type.liveactivity".into()),
+            E::BroadcastTopicSuffix { .. }
+        ));
+        assert!(matches!(
+            bad(&|p| p.payload = Bytes::from(vec![b' '; 5121])),
+            E::PayloadTooLarge { limit: 5120, .. }
+        ));
+        assert!(
+            Notification::broadcast(BroadcastParts {
+                payload: Bytes::from(vec![b' '; 5120]),
+                ..parts
+            })
+            .is_ok()
+        );
     }
 
     #[test]

@@ -31,6 +31,147 @@ pub enum PayloadError {
     /// (`payload.aps.badge: invalid type: string "3", expected u32`).
     #[error("{0}")]
     Aps(String),
+    /// The payload lacks what its push type needs, or has what it cannot have (the
+    /// text names the field: `payload.aps.event is required for push type liveactivity`).
+    #[error("{0}")]
+    Rule(String),
+}
+
+/// Seconds since the epoch above this are milliseconds by mistake (year 5138).
+const MAX_SECONDS: u64 = 100_000_000_000;
+
+/// The fields of `aps` the push-type rules look at; everything else is ignored.
+/// Their types were checked by [`check`] already.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "kebab-case", default)]
+struct RuleAps {
+    event: Option<String>,
+    timestamp: Option<u64>,
+    content_state: Option<IgnoredAny>,
+    attributes_type: Option<IgnoredAny>,
+    attributes: Option<IgnoredAny>,
+    input_push_token: Option<IgnoredAny>,
+    input_push_channel: Option<IgnoredAny>,
+    stale_date: Option<u64>,
+    dismissal_date: Option<u64>,
+    content_available: Option<i64>,
+    content_changed: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct RuleView {
+    #[serde(default)]
+    aps: Option<RuleAps>,
+}
+
+/// What a push type asks of a payload beyond [`check`] (call that first):
+///
+/// | push type | rule |
+/// |---|---|
+/// | liveactivity | `aps.event` (start, update, end) and `aps.timestamp` (seconds); `content-state` for start and update; `attributes-type` and `attributes` for start (push-to-start), and only there, as `input-push-token` and `input-push-channel`; dates in seconds, not milliseconds. A broadcast cannot start an activity. |
+/// | background | `aps.content-available` is 1 |
+/// | widgets, controls | `aps.content-changed` is true |
+/// | the others | none |
+///
+/// ```
+/// use apns::PushType;
+/// use apns::payload::check_push_type;
+///
+/// let update = r#"{"aps":{"event":"update","timestamp":1700000000,"content-state":{"score":"2-1"}}}"#;
+/// assert!(check_push_type(update, PushType::Liveactivity, false).is_ok());
+/// let e = check_push_type(r#"{"aps":{"event":"update"}}"#, PushType::Liveactivity, false).unwrap_err();
+/// assert!(e.to_string().starts_with("payload.aps.timestamp is required"), "{e}");
+/// ```
+pub fn check_push_type(
+    raw: &str,
+    push_type: crate::PushType,
+    broadcast: bool,
+) -> Result<(), PayloadError> {
+    use crate::PushType as P;
+    if !matches!(
+        push_type,
+        P::Liveactivity | P::Background | P::Widgets | P::Controls
+    ) {
+        return Ok(());
+    }
+    let rule = |m: String| Err(PayloadError::Rule(m));
+    let aps = serde_json::from_str::<RuleView>(raw)
+        .map_err(|e| PayloadError::Aps(format!("payload: {e}")))?
+        .aps
+        .unwrap_or_default();
+    match push_type {
+        P::Background => {
+            if aps.content_available != Some(1) {
+                return rule(
+                    "payload.aps.content-available must be 1 for push type background (a background push without it wakes nothing)".into(),
+                );
+            }
+        }
+        P::Widgets | P::Controls => {
+            if aps.content_changed != Some(true) {
+                return rule(format!(
+                    "payload.aps.content-changed must be true for push type {push_type}"
+                ));
+            }
+        }
+        _ => {
+            let Some(event) = aps.event.as_deref() else {
+                return rule(
+                    "payload.aps.event is required for push type liveactivity: start, update or end".into(),
+                );
+            };
+            let Some(ts) = aps.timestamp else {
+                return rule(
+                    "payload.aps.timestamp is required for push type liveactivity (unix seconds; the device drops updates older than the one it has)".into(),
+                );
+            };
+            for (field, v) in [
+                ("timestamp", Some(ts)),
+                ("stale-date", aps.stale_date),
+                ("dismissal-date", aps.dismissal_date),
+            ] {
+                if let Some(v) = v.filter(|v| *v > MAX_SECONDS) {
+                    return rule(format!(
+                        "payload.aps.{field} is {v}, which is milliseconds; Live Activities take unix seconds"
+                    ));
+                }
+            }
+            if broadcast && event == "start" {
+                return rule(
+                    "payload.aps.event start: a broadcast cannot start a Live Activity; start it with a push-to-start token, then update it on the channel".into(),
+                );
+            }
+            if matches!(event, "start" | "update") && aps.content_state.is_none() {
+                return rule(format!(
+                    "payload.aps.content-state is required for event {event}"
+                ));
+            }
+            if event == "start" {
+                if aps.attributes_type.is_none() {
+                    return rule(
+                        "payload.aps.attributes-type is required for event start (the ActivityAttributes type the app declares)".into(),
+                    );
+                }
+                if aps.attributes.is_none() {
+                    return rule("payload.aps.attributes is required for event start".into());
+                }
+            } else {
+                for (field, present) in [
+                    ("attributes-type", aps.attributes_type.is_some()),
+                    ("attributes", aps.attributes.is_some()),
+                    ("input-push-token", aps.input_push_token.is_some()),
+                    ("input-push-channel", aps.input_push_channel.is_some()),
+                ] {
+                    if present {
+                        return rule(format!(
+                            "payload.aps.{field} is only for event start, not {event}"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Check a payload. `raw` must be valid JSON text (as a `serde_json::value::RawValue`
@@ -210,6 +351,9 @@ struct Aps {
     dismissal_date: Option<u64>,
     attributes_type: Option<Str>,
     attributes: Option<Dict>,
+    input_push_token: Option<OneFlag>,
+    input_push_channel: Option<Str>,
+    content_changed: Option<bool>,
 }
 
 /// A JSON string, checked and dropped.

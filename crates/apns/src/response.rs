@@ -40,12 +40,22 @@ pub enum Reason {
     InternalServerError,
     ServiceUnavailable,
     Shutdown,
+    // Broadcast and channel management ("Handling error responses from APNs").
+    FeatureNotEnabled,
+    MissingChannelId,
+    BadChannelId,
+    ChannelNotRegistered,
+    BadRequestParams,
+    BadRequestPayload,
+    MissingPushType,
+    CannotCreateChannelConfig,
+    TopicMismatch,
     Other(String),
 }
 
 impl Reason {
     /// Every known reason, in Apple's documentation order (tests iterate over it).
-    pub const ALL: [Reason; 32] = [
+    pub const ALL: [Reason; 41] = [
         Reason::BadCollapseId,
         Reason::BadDeviceToken,
         Reason::BadExpirationDate,
@@ -78,6 +88,15 @@ impl Reason {
         Reason::InternalServerError,
         Reason::ServiceUnavailable,
         Reason::Shutdown,
+        Reason::FeatureNotEnabled,
+        Reason::MissingChannelId,
+        Reason::BadChannelId,
+        Reason::ChannelNotRegistered,
+        Reason::BadRequestParams,
+        Reason::BadRequestPayload,
+        Reason::MissingPushType,
+        Reason::CannotCreateChannelConfig,
+        Reason::TopicMismatch,
     ];
 
     pub fn as_str(&self) -> &str {
@@ -114,6 +133,15 @@ impl Reason {
             Reason::InternalServerError => "InternalServerError",
             Reason::ServiceUnavailable => "ServiceUnavailable",
             Reason::Shutdown => "Shutdown",
+            Reason::FeatureNotEnabled => "FeatureNotEnabled",
+            Reason::MissingChannelId => "MissingChannelId",
+            Reason::BadChannelId => "BadChannelId",
+            Reason::ChannelNotRegistered => "ChannelNotRegistered",
+            Reason::BadRequestParams => "BadRequestParams",
+            Reason::BadRequestPayload => "BadRequestPayload",
+            Reason::MissingPushType => "MissingPushType",
+            Reason::CannotCreateChannelConfig => "CannotCreateChannelConfig",
+            Reason::TopicMismatch => "TopicMismatch",
             Reason::Other(s) => s,
         }
     }
@@ -142,7 +170,15 @@ impl Reason {
             | Reason::MissingDeviceToken
             | Reason::MissingTopic
             | Reason::PayloadEmpty
-            | Reason::TopicDisallowed => 400,
+            | Reason::TopicDisallowed
+            | Reason::FeatureNotEnabled
+            | Reason::MissingChannelId
+            | Reason::BadChannelId
+            | Reason::ChannelNotRegistered
+            | Reason::BadRequestParams
+            | Reason::BadRequestPayload
+            | Reason::MissingPushType
+            | Reason::CannotCreateChannelConfig => 400,
             Reason::BadCertificate
             | Reason::BadCertificateEnvironment
             | Reason::ExpiredProviderToken
@@ -150,7 +186,8 @@ impl Reason {
             | Reason::InvalidProviderToken
             | Reason::MissingProviderToken
             | Reason::UnrelatedKeyIdInToken
-            | Reason::BadEnvironmentKeyIdInToken => 403,
+            | Reason::BadEnvironmentKeyIdInToken
+            | Reason::TopicMismatch => 403,
             Reason::BadPath => 404,
             Reason::MethodNotAllowed => 405,
             Reason::ExpiredToken | Reason::Unregistered => 410,
@@ -181,6 +218,21 @@ pub struct ApnsResponse {
     pub apns_id: Option<String>,
     /// `apns-unique-id` header (sandbox only), for Apple's delivery log.
     pub apns_unique_id: Option<String>,
+}
+
+/// A whole answer as it arrived: status, headers and body (bounded in size).
+#[derive(Clone, Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    /// A header's value, when it is text.
+    pub fn header(&self, name: &http::HeaderName) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
 }
 
 #[derive(Deserialize)]
@@ -220,6 +272,19 @@ impl ApnsResponse {
             apns_id,
             apns_unique_id,
         }
+    }
+
+    /// The response of an answer: `apns-id` (or, for broadcasts and channel management,
+    /// `apns-request-id`), `apns-unique-id`, and the error body.
+    pub fn from_answer(a: &Answer) -> ApnsResponse {
+        use crate::notification::{APNS_ID, APNS_REQUEST_ID, APNS_UNIQUE_ID};
+        let id = a.header(&APNS_ID).or_else(|| a.header(&APNS_REQUEST_ID));
+        ApnsResponse::from_parts(
+            a.status,
+            id.map(str::to_owned),
+            a.header(&APNS_UNIQUE_ID).map(str::to_owned),
+            if a.status / 100 == 2 { &[] } else { &a.body },
+        )
     }
 
     pub fn is_success(&self) -> bool {

@@ -41,6 +41,10 @@ pub struct AppSettings {
     pub other_environment: Option<Endpoint>,
     /// Reach APNs through this outbound proxy. Default: none (direct).
     pub proxy: Option<crate::proxy::Proxy>,
+    /// Where this app's broadcast channels are managed ([`crate::channels`]). Default:
+    /// Apple's management host of the endpoint's environment; for a custom endpoint,
+    /// the endpoint itself.
+    pub channels_endpoint: Option<Endpoint>,
 }
 
 impl AppSettings {
@@ -72,6 +76,10 @@ impl AppSettings {
             .map(ToString::to_string)
             .hash(&mut h);
         self.proxy.as_ref().map(ToString::to_string).hash(&mut h);
+        self.channels_endpoint
+            .as_ref()
+            .map(ToString::to_string)
+            .hash(&mut h);
         (self.connections, self.max_streams_per_connection).hash(&mut h);
         if let Some(ca) = &self.ca_file {
             SecretSource::File(ca.clone()).load()?.expose().hash(&mut h);
@@ -105,7 +113,16 @@ impl AppSettings {
             ca_file: None,
             other_environment: None,
             proxy: None,
+            channels_endpoint: None,
         }
+    }
+
+    /// The endpoint of channel management: `channels_endpoint`, else the one of the
+    /// app's environment ([`Endpoint::channel_management`]).
+    pub fn channel_endpoint(&self) -> Endpoint {
+        self.channels_endpoint
+            .clone()
+            .unwrap_or_else(|| self.endpoint.channel_management())
     }
 }
 

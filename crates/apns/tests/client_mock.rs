@@ -135,6 +135,7 @@ async fn every_error_status_is_classified() {
         let got = match &d.outcome {
             Outcome::Delivered => "delivered",
             Outcome::TokenDead { .. } => "token-dead",
+            Outcome::ChannelGone { .. } => "channel-gone",
             Outcome::Rejected { .. } => "rejected",
             Outcome::RetryLater(_) => "retry",
             Outcome::CredentialsBroken { .. } => "credentials",
@@ -596,6 +597,7 @@ async fn the_mock_refuses_what_apns_refuses() {
         let r = conn
             .send(req, body, Duration::from_secs(5), permit)
             .await
+            .map(|a| apns::ApnsResponse::from_answer(&a))
             .unwrap();
         assert_eq!(r.status, status, "{name}");
         assert_eq!(
@@ -659,6 +661,7 @@ async fn the_mock_accepts_lenient_tokens_like_apns() {
             permit,
         )
         .await
+        .map(|a| apns::ApnsResponse::from_answer(&a))
         .unwrap();
     assert_eq!((r.status, r.reason), (200, None));
 }
