@@ -79,6 +79,7 @@ pub async fn depth(conn: &Connection, queue: &str) -> u32 {
 pub struct Got {
     pub body: Vec<u8>,
     pub props: BasicProperties,
+    pub routing_key: String,
 }
 
 impl Got {
@@ -142,6 +143,7 @@ pub async fn drain_queue(conn: &Connection, queue: &str) -> Vec<Got> {
         out.push(Got {
             body: m.delivery.data.clone(),
             props: m.delivery.properties.clone(),
+            routing_key: m.delivery.routing_key.to_string(),
         });
     }
     let _ = ch.close(200, "bye".into()).await;

@@ -309,8 +309,10 @@ impl std::fmt::Debug for Connection {
 /// frames of many requests leave in one write. Measured: docs/benchmarks.md.
 const DATA_CHUNK: usize = 1023;
 
-/// Upper bound on the error body we read (APNs sends a short JSON object).
-const MAX_BODY: usize = 16 * 1024;
+/// Upper bound on the answer body we keep: APNs' error bodies are a short JSON object;
+/// the longest answer is channel management's list of an app's channels (10,000 ids,
+/// about 300 KB). A longer body is cut here and fails to parse where it is read.
+const MAX_BODY: usize = 1024 * 1024;
 
 impl Connection {
     /// Open a connection: TCP, TLS with ALPN h2, HTTP/2 handshake; then drive it in a
