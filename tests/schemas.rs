@@ -418,3 +418,25 @@ fn the_decoder_and_the_schema_agree() {
         );
     }
 }
+
+/// The schema's push types are the client's, in the same order.
+#[test]
+fn the_schema_lists_every_push_type() {
+    let schema = load("schemas/notification-job.schema.json");
+    let listed: Vec<&str> = schema["properties"]["push_type"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let known: Vec<&str> = apns::PushType::ALL.iter().map(|p| p.as_str()).collect();
+    assert_eq!(listed, known);
+    // Every suffixed push type has its topic rule in the schema.
+    let rules = schema["allOf"].to_string();
+    for p in apns::PushType::ALL {
+        if let Some(suffix) = p.topic_suffix() {
+            let pattern = format!("{}$", suffix.replace('.', "\\\\."));
+            assert!(rules.contains(&pattern), "{p}: no rule for {pattern}");
+        }
+    }
+}

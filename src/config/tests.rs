@@ -232,3 +232,38 @@ fn a_value_of_the_wrong_type_in_the_file_is_not_called_bad_toml() {
         .to_string();
     assert!(e.contains("not valid TOML"), "{e}");
 }
+
+#[test]
+fn channels_are_managed_on_the_management_host_of_the_environment() {
+    let c = Config::from_toml(FULL, "test").unwrap();
+    let settings = |c: &Config, app: &str| c.apps[app].settings(app, &c.apns).unwrap();
+    let shop = settings(&c, "shop").channel_endpoint();
+    assert_eq!(
+        (shop.host(), shop.port()),
+        ("api-manage-broadcast.sandbox.push.apple.com", 2195),
+        "default: the sandbox's management host"
+    );
+    let bank = settings(&c, "bank").channel_endpoint();
+    assert_eq!(
+        (bank.host(), bank.port()),
+        ("127.0.0.1", 8443),
+        "a custom endpoint manages its own"
+    );
+    let text = FULL.replace(
+        "connections = 3",
+        "connections = 3\nchannels_endpoint = \"production\"",
+    );
+    let c = Config::from_toml(&text, "test").unwrap();
+    let shop = settings(&c, "shop").channel_endpoint();
+    assert_eq!(
+        (shop.host(), shop.port()),
+        ("api-manage-broadcast.push.apple.com", 2196),
+        "production names Apple's management host, not the sending host"
+    );
+    let bad = FULL.replace(
+        "connections = 3",
+        "connections = 3\nchannels_endpoint = \"ftp://x\"",
+    );
+    let e = Config::from_toml(&bad, "test").unwrap_err().to_string();
+    assert!(e.contains("channels_endpoint"), "{e}");
+}

@@ -174,6 +174,9 @@ environment_guard = {{ $a.environmentGuard }}
 {{- with $a.otherEndpoint }}
 other_endpoint = {{ . | toJson }}
 {{- end }}
+{{- with $a.channelsEndpoint }}
+channels_endpoint = {{ . | toJson }}
+{{- end }}
 {{- with $a.proxy }}
 proxy = {{ . | toJson }}
 {{- end }}
