@@ -187,7 +187,7 @@ async fn refused_broadcasts_and_bad_live_activities_are_dead_lettered_with_the_r
     let conn = broker::connect().await;
     let w = broker::start(cfg.clone()).await;
     let token = token("1a", 1);
-    let jobs = vec![
+    let jobs = [
         // Stored for an hour on a channel that stores nothing: APNs refuses it.
         json!({"id": "x1", "channel_id": unstored, "topic": TOPIC, "expiration": 4_000_000_000u64,
                "payload": {"aps": {"event": "update", "timestamp": 1_700_000_000, "content-state": {}}}}),
