@@ -57,7 +57,7 @@ enum Command {
         /// Generate this many jobs instead.
         #[arg(long)]
         synthetic: Option<u64>,
-        /// Topic of synthetic jobs (default: the first app's default topic).
+        /// Topic of synthetic jobs (default: the default topic of the first app by name).
         #[arg(long)]
         topic: Option<String>,
         /// App of synthetic jobs.

@@ -266,6 +266,33 @@ fn corpus() -> Vec<(Value, bool)> {
         ),
         (live(&|a| a["attributes"] = json!({"home": "Lyon"})), false),
         (live(&|a| a["input-push-channel"] = json!("abcd")), false),
+        (
+            live(&|a| {
+                a["event"] = json!("start");
+                a["attributes-type"] = json!("MatchAttributes");
+                a["attributes"] = json!({"home": "Lyon"});
+                a["input-push-channel"] = json!("dHN0LXNyY2gtY2hubA==");
+            }),
+            true,
+        ),
+        (
+            live(&|a| {
+                a["event"] = json!("start");
+                a["attributes-type"] = json!("MatchAttributes");
+                a["attributes"] = json!({"home": "Lyon"});
+                a["input-push-channel"] = json!("not base64!!");
+            }),
+            false,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["input-push-channel"] = json!("not base64!!")),
+            false,
+        ),
+        (with(&|v| v["channel_id"] = json!(null)), false),
+        (broadcast(&|v| v["device_token"] = json!(null)), false),
+        (with(&|v| v["topic"] = json!(null)), false),
+        (with(&|v| v["collapse_id"] = json!(null)), false),
+        (with(&|v| v["expiration"] = json!(null)), false),
         (live(&|a| a["input-push-token"] = json!(2)), false),
         (broadcast(&|_| {}), true),
         (

@@ -123,6 +123,19 @@ impl AppDirectory {
         Ok((entry.name.clone(), topic))
     }
 
+    /// The bundle id among `app`'s topics that `topic` belongs to (itself, or the
+    /// topic without a push-type suffix); `None` when the app lists no topics or in
+    /// the permissive directory.
+    pub(super) fn bundle_of(&self, app: &str, topic: &str) -> Option<&str> {
+        let entry = self.apps.iter().find(|a| a.name == app)?;
+        entry
+            .topics
+            .iter()
+            .find(|b| *b == topic)
+            .or_else(|| entry.topics.iter().find(|b| topic_matches(b, topic)))
+            .map(String::as_str)
+    }
+
     /// The configured app a job names, or the one its topic resolves to, read leniently
     /// from a job that did not decode (for the app label of its metric). `None` when
     /// the body names no configured app.

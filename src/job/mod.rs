@@ -59,6 +59,15 @@ pub enum JobError {
     BroadcastPushType(PushType),
     #[error("collapse_id does not apply to a broadcast (channel_id); leave it out")]
     BroadcastCollapseId,
+    #[error(
+        "topic {topic:?} is {bundle}'s topic for another push type; push type {push_type} goes to {wanted:?}"
+    )]
+    TopicOfAnotherPushType {
+        topic: String,
+        bundle: String,
+        push_type: PushType,
+        wanted: String,
+    },
 }
 
 impl JobError {
@@ -74,29 +83,39 @@ impl JobError {
     }
 }
 
+/// An optional field that, when given, is not `null` (the schema types each field and
+/// allows no null: a `null` is an error, as it is for the schema).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
 /// The wire form. Unknown fields are errors, not ignored.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Wire<'a> {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     device_token: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     channel_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     topic: Option<String>,
     #[serde(borrow)]
     payload: &'a RawValue,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     app: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     push_type: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     priority: Option<i64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     expiration: Option<u64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     collapse_id: Option<String>,
 }
 
@@ -215,6 +234,20 @@ pub fn decode(
     }
     let priority = wire.priority.map(Priority::from_number).transpose()?;
     let (app, topic) = apps.resolve(wire.app.as_deref(), wire.topic.as_deref())?;
+    // `com.example.app.push-type.liveactivity` is not where an alert of com.example.app
+    // goes: a configured bundle id plus another push type's suffix is refused here
+    // (a suffix the push type needs but lacks is refused by the client's validation).
+    if let Some(bundle) = apps.bundle_of(&app, &topic) {
+        let suffix = &topic[bundle.len()..];
+        if !suffix.is_empty() && Some(suffix) != push_type.topic_suffix() {
+            return Err(JobError::TopicOfAnotherPushType {
+                wanted: format!("{bundle}{}", push_type.topic_suffix().unwrap_or("")),
+                topic,
+                bundle: bundle.to_string(),
+                push_type,
+            });
+        }
+    }
     let job_id = wire.id.clone().or(env.message_id.map(str::to_owned));
     // Without any id the job gets a random apns-id now; retries carry it in `x-apns-id`.
     let apns_id = Some(derive_apns_id(wire.id.as_deref(), env).unwrap_or_else(Uuid::new_v4));
@@ -421,6 +454,30 @@ mod tests {
             (
                 r#"{"channel_id":"dHN0LXNyY2gtY2hubA==","push_type":"alert","topic":"com.example.shop","payload":{}}"#.to_string(),
                 "push_type must be liveactivity, not alert",
+            ),
+            (
+                format!(
+                    r#"{{"device_token":"{t}","topic":"com.example.shop.push-type.liveactivity","payload":{{"aps":{{"alert":"x"}}}}}}"#
+                ),
+                "topic \"com.example.shop.push-type.liveactivity\" is com.example.shop's topic for another push type; push type alert goes to \"com.example.shop\"",
+            ),
+            (
+                format!(
+                    r#"{{"device_token":"{t}","topic":"com.example.shop.voip","push_type":"liveactivity","payload":{{"aps":{{"event":"end","timestamp":1}}}}}}"#
+                ),
+                "push type liveactivity goes to \"com.example.shop.push-type.liveactivity\"",
+            ),
+            (
+                format!(r#"{{"device_token":"{t}","topic":"com.example.shop.foo","payload":{{}}}}"#),
+                "no configured app sends to topic \"com.example.shop.foo\"",
+            ),
+            (
+                r#"{"channel_id":"dHN0LXNyY2gtY2hubA","topic":"com.example.shop","payload":{"aps":{"event":"end","timestamp":1}}}"#.to_string(),
+                "channel_id is not padded base64: 18 characters",
+            ),
+            (
+                format!(r#"{{"device_token":"{t}","topic":null,"payload":{{}}}}"#),
+                "topic: invalid type: null, expected a string",
             ),
             (
                 format!(r#"{{"device_token":"{t}","app":"nope","payload":{{}}}}"#),

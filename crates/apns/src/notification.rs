@@ -224,9 +224,9 @@ pub enum ValidationError {
     #[error("channel_id is {0} characters; more than {MAX_CHANNEL_ID} is not a channel id")]
     ChannelIdTooLong(usize),
     #[error(
-        "channel_id {0:?} is not padded base64 (its length is a multiple of 4, with at most two '=' at the end)"
+        "channel_id is not padded base64: {0} characters (a multiple of 4 is needed), or '=' not only at the end (at most two)"
     )]
-    ChannelIdBadPadding(String),
+    ChannelIdBadPadding(usize),
     #[error(
         "a broadcast goes to the bundle id: topic {topic:?} has the push-type suffix {suffix:?} (APNs answers TopicDisallowed)"
     )]
@@ -270,13 +270,20 @@ impl NotificationParts {
     }
 }
 
-/// Does `topic` belong to `base`: equal, or `base` plus a push-type suffix
-/// (`com.example.app.voip` belongs to `com.example.app`)?
+/// Does `topic` belong to `base`: equal, or `base` plus one of Apple's push-type
+/// suffixes (`com.example.app.voip` belongs to `com.example.app`;
+/// `com.example.app.foo` does not).
 pub fn topic_matches(base: &str, topic: &str) -> bool {
-    topic == base
-        || (topic.len() > base.len()
-            && topic.starts_with(base)
-            && topic.as_bytes()[base.len()] == b'.')
+    topic == base || suffix_of(base, topic).is_some()
+}
+
+/// The push-type suffix that makes `topic` out of `base`, if `topic` is `base` plus one.
+pub fn suffix_of(base: &str, topic: &str) -> Option<&'static str> {
+    let rest = topic.strip_prefix(base)?;
+    PushType::ALL
+        .iter()
+        .filter_map(|p| p.topic_suffix())
+        .find(|s| *s == rest)
 }
 
 /// A validated notification: every header value is built and checked.
@@ -355,7 +362,7 @@ pub fn validate_channel_id(id: &str) -> Result<(), ValidationError> {
     let data = id.trim_end_matches('=');
     let padding = id.len() - data.len();
     if id.len() % 4 != 0 || padding > 2 || data.contains('=') {
-        return Err(ValidationError::ChannelIdBadPadding(id.to_string()));
+        return Err(ValidationError::ChannelIdBadPadding(id.len()));
     }
     Ok(())
 }
@@ -1028,8 +1035,16 @@ mod tests {
     fn topics_match_with_push_type_suffixes() {
         assert!(topic_matches("com.a", "com.a"));
         assert!(topic_matches("com.a", "com.a.voip"));
+        assert!(topic_matches("com.a", "com.a.push-type.liveactivity"));
         assert!(!topic_matches("com.a", "com.ab"));
         assert!(!topic_matches("com.a", "com"));
+        assert!(
+            !topic_matches("com.a", "com.a.foo"),
+            "only push-type suffixes: a typo is another bundle id"
+        );
+        assert!(!topic_matches("com.a", "com.a.voip.voip"));
+        assert_eq!(suffix_of("com.a", "com.a.voip"), Some(".voip"));
+        assert_eq!(suffix_of("com.a", "com.a"), None);
     }
 
     #[test]

@@ -352,7 +352,7 @@ struct Aps {
     attributes_type: Option<Str>,
     attributes: Option<Dict>,
     input_push_token: Option<OneFlag>,
-    input_push_channel: Option<Str>,
+    input_push_channel: Option<ChannelIdStr>,
     content_changed: Option<bool>,
 }
 
@@ -369,6 +369,27 @@ impl<'de> Deserialize<'de> for Str {
             }
             fn visit_str<E: de::Error>(self, _: &str) -> Result<Str, E> {
                 Ok(Str)
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// A channel id (padded base64), checked and dropped.
+struct ChannelIdStr;
+
+impl<'de> Deserialize<'de> for ChannelIdStr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ChannelIdStr, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = ChannelIdStr;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a channel id (padded base64)")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ChannelIdStr, E> {
+                crate::notification::validate_channel_id(v)
+                    .map(|_| ChannelIdStr)
+                    .map_err(|e| E::custom(e.to_string().trim_start_matches("channel_id ")))
             }
         }
         d.deserialize_str(V)
