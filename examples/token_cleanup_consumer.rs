@@ -1,6 +1,8 @@
 //! A consumer of the token-cleanup stream, to copy into the system that owns device
 //! tokens: it reads `schemas/token-cleanup-event.schema.json` events and removes (here:
-//! prints) each dead token, acking only after the removal succeeded.
+//! prints) each dead token, and `schemas/channel-cleanup-event.schema.json` events (AMQP
+//! type `channel-cleanup`, routing key `channel.<bundle id>`) and retires each gone
+//! broadcast channel, acking only after the removal succeeded.
 //!
 //! cargo run --example token_cleanup_consumer -- \
 //!     --url amqp://guest:guest@127.0.0.1:5672/%2f --queue apns.token-cleanup
@@ -30,6 +32,36 @@ struct TokenCleanupEvent {
     #[serde(default)]
     apns_id: Option<String>,
     observed_at: String,
+}
+
+/// A broadcast channel APNs does not know (`channel-cleanup`), as the schema defines it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+struct ChannelCleanupEvent {
+    channel_id: String,
+    bundle_id: String,
+    app: String,
+    reason: String,
+    status: u16,
+    #[serde(default)]
+    job_id: Option<String>,
+    #[serde(default)]
+    apns_id: Option<String>,
+    observed_at: String,
+}
+
+/// Where your code retires the channel (stop handing it to devices, stop broadcasting).
+fn retire_channel(ev: &ChannelCleanupEvent) -> Result<(), String> {
+    println!(
+        "{}",
+        serde_json::json!({
+            "retired_channel": ev.channel_id,
+            "bundle_id": ev.bundle_id,
+            "reason": ev.reason,
+        })
+    );
+    Ok(())
 }
 
 /// Where your code removes the token. Return an error to have the event redelivered.
@@ -76,24 +108,34 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut done = 0;
     while let Some(delivery) = consumer.next().await {
         let d = delivery?;
-        match serde_json::from_slice::<TokenCleanupEvent>(&d.data) {
-            Ok(ev) => match remove_token(&ev) {
-                Ok(()) => {
-                    d.ack(BasicAckOptions::default()).await?;
-                }
-                // Try again later (the broker redelivers).
-                Err(e) => {
-                    eprintln!("removing {} failed: {e}", &ev.device_token[..8]);
-                    d.nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await?;
-                }
-            },
-            // Not an event of this contract: keep it out of the way, do not loop on it.
+        // The two kinds share the exchange; the AMQP type tells them apart.
+        let channel = d.properties.kind().as_ref().map(|k| k.as_str()) == Some("channel-cleanup");
+        let handled = if channel {
+            serde_json::from_slice::<ChannelCleanupEvent>(&d.data).map(|ev| {
+                retire_channel(&ev).map_err(|e| format!("retiring a channel failed: {e}"))
+            })
+        } else {
+            serde_json::from_slice::<TokenCleanupEvent>(&d.data).map(|ev| {
+                remove_token(&ev)
+                    .map_err(|e| format!("removing {} failed: {e}", &ev.device_token[..8]))
+            })
+        };
+        match handled {
+            Ok(Ok(())) => {
+                d.ack(BasicAckOptions::default()).await?;
+            }
+            // Try again later (the broker redelivers).
+            Ok(Err(e)) => {
+                eprintln!("{e}");
+                d.nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await?;
+            }
+            // Not an event of these contracts: keep it out of the way, do not loop on it.
             Err(e) => {
-                eprintln!("not a token cleanup event: {e}");
+                eprintln!("not a cleanup event: {e}");
                 d.nack(BasicNackOptions {
                     requeue: false,
                     multiple: false,

@@ -135,13 +135,15 @@ pub fn load_jsonl(
     Ok(jobs)
 }
 
-/// The first 8 digits of a job's device token, for log lines ("" if it has none).
+/// The first 8 characters of a job's device token (a broadcast's channel id), for log
+/// lines ("" if it has neither).
 fn token_prefix_of(body: &str) -> String {
     serde_json::from_str::<serde_json::Value>(body)
         .ok()
         .and_then(|v| {
-            v.get("device_token")
-                .and_then(|t| t.as_str())
+            ["device_token", "channel_id"]
+                .iter()
+                .find_map(|k| v.get(k).and_then(|t| t.as_str()))
                 .map(|t| t.chars().take(8).collect())
         })
         .unwrap_or_default()

@@ -87,14 +87,30 @@ async fn the_rust_cleanup_consumer_reads_the_events() {
         std::fs::read_to_string(root().join("schemas/examples/token-cleanup-event.json")).unwrap();
     let ev: serde_json::Value = serde_json::from_str(&event).unwrap();
     assert!(common::schema_validator("token-cleanup-event.schema.json").is_valid(&ev));
+    let channel_event =
+        std::fs::read_to_string(root().join("schemas/examples/channel-cleanup-event.json"))
+            .unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
-    for _ in 0..2 {
+    let events = [
+        (&event, "com.example.app", None),
+        (&event, "com.example.app", None),
+        (
+            &channel_event,
+            "channel.com.example.app",
+            Some("channel-cleanup"),
+        ),
+    ];
+    for (body, key, kind) in events {
+        let mut props = apns_worker::amqp::event_props("e");
+        if let Some(k) = kind {
+            props = props.with_type(k.into());
+        }
         ch.basic_publish(
             exchange.as_str().into(),
-            "com.example.app".into(),
+            key.into(),
             Default::default(),
-            event.as_bytes(),
-            apns_worker::amqp::event_props("e"),
+            body.as_bytes(),
+            props,
         )
         .await
         .unwrap()
@@ -120,15 +136,17 @@ async fn the_rust_cleanup_consumer_reads_the_events() {
         "--queue",
         &queue,
         "--max",
-        "2",
+        "3",
     ]));
     let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 2);
+    assert_eq!(lines.len(), 3);
     assert_eq!(lines[0]["removed"], ev["device_token"]);
     assert_eq!(lines[0]["reason"], "Unregistered");
+    assert_eq!(lines[2]["retired_channel"], "dHN0LXNyY2gtY2hubA==");
+    assert_eq!(lines[2]["reason"], "ChannelNotRegistered");
     assert_eq!(broker::depth(&conn, &queue).await, 0, "acked");
     let _ = ch
         .queue_delete(queue.as_str().into(), Default::default())

@@ -253,3 +253,93 @@ async fn refused_broadcasts_and_bad_live_activities_are_dead_lettered_with_the_r
     channels.close(Duration::from_secs(1)).await;
     broker::delete_topology(&conn, &q, &broker::fast_retry()).await;
 }
+
+/// The environment guard is for device tokens: a broadcast answered BadDeviceToken
+/// (APNs does not, but a server may) is dead-lettered, never sent to the other
+/// environment, whose "no such channel" would retire a live channel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_environment_guard_leaves_broadcasts_alone() {
+    use apns_mock::MockKey;
+    let app_env = mock(Faults::default()).await;
+    let other = mock_with(MockConfig {
+        environment: EndpointKind::Production,
+        ..MockConfig::default()
+    })
+    .await;
+    let (pem, public) = apns_mock::certs::generate_signing_key().unwrap();
+    for m in [&app_env, &other] {
+        m.mock
+            .add_key(MockKey {
+                key_id: KEY.into(),
+                team_id: TEAM.into(),
+                public_key_pem: public.clone(),
+                topics: vec![],
+                environment: None,
+            })
+            .unwrap();
+    }
+    let key = apns::SecretSource::Value(apns::secret::Secret::new(pem));
+    let mut app =
+        apns_worker::config::AppConfig::token(app_env.mock.endpoint(), TEAM, KEY, key, &[TOPIC]);
+    app.connections = 1;
+    let bundle = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        bundle.path(),
+        format!("{}{}", app_env.mock.ca_pem(), other.mock.ca_pem()),
+    )
+    .unwrap();
+    app.ca_file = Some(bundle.path().to_path_buf());
+    app.environment_guard = Some(true);
+    app.other_endpoint = Some(other.mock.endpoint());
+    let q = broker::topology("live-activities-guard");
+    let cfg = worker_config(q.clone(), vec![("shop", app.clone())]);
+    let settings = app.settings("shop", &cfg.apns).unwrap();
+    let channels =
+        apns::channels::ChannelClient::start("shop", &settings, &cfg.apns.client_settings())
+            .unwrap();
+    let id = channels
+        .create(TOPIC, apns::channels::StoragePolicy::NoMessageStored)
+        .await
+        .unwrap()
+        .channel_id;
+    app_env
+        .mock
+        .update_faults(|f| f.rules.push(rule(&id, 400, "BadDeviceToken", None)))
+        .unwrap();
+    let conn = broker::connect().await;
+    let w = broker::start(cfg).await;
+    broker::publish_jobs(
+        &conn,
+        &q.jobs,
+        vec![update(&id, "g1").replace("\"app\":\"shop\",", "")],
+    )
+    .await;
+    w.wait_terminal(1, Duration::from_secs(20)).await;
+    let s = w.worker.summary();
+    assert_eq!(
+        (
+            s.channel_cleanups,
+            s.environment_mismatches,
+            s.dead_lettered_total()
+        ),
+        (0, 0, 1),
+        "{s:?}"
+    );
+    assert!(
+        other.mock.received().is_empty(),
+        "nothing sent to the other environment"
+    );
+    let dead = broker::drain_queue(&conn, &q.dead_letter_queue).await;
+    assert_eq!(
+        dead[0].header_str("x-apns-reason").as_deref(),
+        Some("BadDeviceToken")
+    );
+    assert!(
+        broker::drain_queue(&conn, &q.cleanup_queue)
+            .await
+            .is_empty()
+    );
+    w.stop().await;
+    channels.close(Duration::from_secs(1)).await;
+    broker::delete_topology(&conn, &q, &broker::fast_retry()).await;
+}

@@ -294,6 +294,15 @@ fn corpus() -> Vec<(Value, bool)> {
         (with(&|v| v["collapse_id"] = json!(null)), false),
         (with(&|v| v["expiration"] = json!(null)), false),
         (live(&|a| a["input-push-token"] = json!(2)), false),
+        (
+            live(&|a| {
+                a["event"] = json!("start");
+                a["attributes-type"] = json!("MatchAttributes");
+                a["attributes"] = json!({"home": "Lyon"});
+                a["input-push-token"] = json!(0);
+            }),
+            false,
+        ),
         (broadcast(&|_| {}), true),
         (
             broadcast(&|v| v["topic"] = json!("com.example.app.push-type.liveactivity")),

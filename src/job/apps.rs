@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use apns::settings::key_for_topic;
-use apns::{Auth, topic_matches};
+use apns::{Auth, suffix_of, topic_matches};
 
 use super::JobError;
 use crate::config::AppConfig;
@@ -123,17 +123,25 @@ impl AppDirectory {
         Ok((entry.name.clone(), topic))
     }
 
-    /// The bundle id among `app`'s topics that `topic` belongs to (itself, or the
-    /// topic without a push-type suffix); `None` when the app lists no topics or in
-    /// the permissive directory.
-    pub(super) fn bundle_of(&self, app: &str, topic: &str) -> Option<&str> {
+    /// The bundle id among `app`'s topics of which `topic` is a push-type topic, and
+    /// that suffix (`com.example.app.voip`: `com.example.app`, `.voip`); `None` when
+    /// no listed topic plus a push-type suffix makes `topic` (in the permissive
+    /// directory, always).
+    pub(super) fn push_type_topic(&self, app: &str, topic: &str) -> Option<(&str, &'static str)> {
         let entry = self.apps.iter().find(|a| a.name == app)?;
         entry
             .topics
             .iter()
-            .find(|b| *b == topic)
-            .or_else(|| entry.topics.iter().find(|b| topic_matches(b, topic)))
-            .map(String::as_str)
+            .find_map(|b| suffix_of(b, topic).map(|s| (b.as_str(), s)))
+    }
+
+    /// Is `bundle` one of `app`'s listed topics (true when it lists none, or in the
+    /// permissive directory)?
+    pub(super) fn lists(&self, app: &str, bundle: &str) -> bool {
+        match self.apps.iter().find(|a| a.name == app) {
+            Some(e) => e.topics.is_empty() || e.topics.iter().any(|t| t == bundle),
+            None => true,
+        }
     }
 
     /// The configured app a job names, or the one its topic resolves to, read leniently

@@ -60,6 +60,10 @@ pub enum JobError {
     #[error("collapse_id does not apply to a broadcast (channel_id); leave it out")]
     BroadcastCollapseId,
     #[error(
+        "a broadcast goes to one of app {app:?}'s bundle ids (its topics), and {bundle_id:?} is not one"
+    )]
+    BroadcastBundle { app: String, bundle_id: String },
+    #[error(
         "topic {topic:?} is {bundle}'s topic for another push type; push type {push_type} goes to {wanted:?}"
     )]
     TopicOfAnotherPushType {
@@ -235,11 +239,10 @@ pub fn decode(
     let priority = wire.priority.map(Priority::from_number).transpose()?;
     let (app, topic) = apps.resolve(wire.app.as_deref(), wire.topic.as_deref())?;
     // `com.example.app.push-type.liveactivity` is not where an alert of com.example.app
-    // goes: a configured bundle id plus another push type's suffix is refused here
-    // (a suffix the push type needs but lacks is refused by the client's validation).
-    if let Some(bundle) = apps.bundle_of(&app, &topic) {
-        let suffix = &topic[bundle.len()..];
-        if !suffix.is_empty() && Some(suffix) != push_type.topic_suffix() {
+    // goes: a listed bundle id plus another push type's suffix is refused here (a
+    // suffix the push type needs but lacks is refused by the client's validation).
+    if let Some((bundle, suffix)) = apps.push_type_topic(&app, &topic) {
+        if Some(suffix) != push_type.topic_suffix() {
             return Err(JobError::TopicOfAnotherPushType {
                 wanted: format!("{bundle}{}", push_type.topic_suffix().unwrap_or("")),
                 topic,
@@ -259,9 +262,15 @@ pub fn decode(
                 return Err(JobError::BroadcastCollapseId);
             }
             // A broadcast goes to the bundle id; the Live Activity topic is accepted
-            // (it is what the app's device pushes use) and its suffix dropped.
+            // (it is what the app's device pushes use) and its suffix dropped. It must
+            // be one of the app's bundle ids itself, not a topic under one: a typo would
+            // reach another bundle, whose answer (no such channel) would retire a live
+            // channel.
             let suffix = PushType::Liveactivity.topic_suffix().unwrap_or_default();
             let bundle_id = topic.strip_suffix(suffix).unwrap_or(&topic).to_string();
+            if !apps.lists(&app, &bundle_id) {
+                return Err(JobError::BroadcastBundle { app, bundle_id });
+            }
             Notification::broadcast(BroadcastParts {
                 channel_id,
                 bundle_id,
@@ -468,8 +477,8 @@ mod tests {
                 "push type liveactivity goes to \"com.example.shop.push-type.liveactivity\"",
             ),
             (
-                format!(r#"{{"device_token":"{t}","topic":"com.example.shop.foo","payload":{{}}}}"#),
-                "no configured app sends to topic \"com.example.shop.foo\"",
+                r#"{"channel_id":"dHN0LXNyY2gtY2hubA==","topic":"com.example.shop.foo","payload":{"aps":{"event":"end","timestamp":1}}}"#.to_string(),
+                "a broadcast goes to one of app \"shop\"'s bundle ids (its topics), and \"com.example.shop.foo\" is not one",
             ),
             (
                 r#"{"channel_id":"dHN0LXNyY2gtY2hubA","topic":"com.example.shop","payload":{"aps":{"event":"end","timestamp":1}}}"#.to_string(),

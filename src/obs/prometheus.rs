@@ -19,7 +19,8 @@ use super::snapshot::{Sample, Snapshot};
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
     pub app: String,
-    /// delivered, token_cleanup, dead_letter, retry, park, expired, already_settled, requeued
+    /// delivered, token_cleanup, channel_cleanup, environment_mismatch, dead_letter, retry,
+    /// park, awaiting_config, expired, already_settled, requeued
     pub outcome: String,
     /// APNs' reason or ours; empty for delivered and expired.
     pub reason: String,

@@ -462,7 +462,8 @@ async fn decide(
     // token is not reported dead on a doubt).
     let mut outcome = outcome;
     let mut accepted_elsewhere = None;
-    if is_bad_device_token(&outcome) {
+    // Only a device push: a broadcast has no token to check in another environment.
+    if n.device_token().is_some() && is_bad_device_token(&outcome) {
         match w.client.send_other_environment(&job.app, n).await {
             None => {}
             Some(Ok(d)) if d.outcome == Outcome::Delivered => {

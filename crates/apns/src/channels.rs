@@ -45,6 +45,10 @@ use crate::notification::{APNS_CHANNEL_ID, APNS_REQUEST_ID, ValidationError, val
 use crate::response::{Answer, Reason};
 use crate::settings::{AppSettings, ClientSettings};
 
+/// The longest answer kept: the list of an app's channels (10,000 ids of about 24
+/// characters is some 300 KB; ids have no documented size, hence the margin).
+const MAX_LIST_BODY: usize = 4 * 1024 * 1024;
+
 /// What a channel keeps for devices that are offline (fixed at creation).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -356,7 +360,16 @@ impl ChannelClient {
             }
             req
         };
-        let x = self.app.exchange(bundle_id, build, &body, || true).await?;
+        let x = self
+            .app
+            .exchange(bundle_id, build, &body, MAX_LIST_BODY, || true)
+            .await?;
+        if x.answer.truncated {
+            return Err(ChannelError::BadAnswer {
+                status: x.answer.status,
+                what: format!("its body is longer than {MAX_LIST_BODY} bytes"),
+            });
+        }
         if x.answer.status == want {
             return Ok((x.answer, request_id));
         }

@@ -363,6 +363,7 @@ impl AppClient {
                 n.topic(),
                 |auth| n.request(&self.authority, auth),
                 n.payload(),
+                crate::connection::MAX_ERROR_BODY,
                 proceed,
             )
             .await?;
@@ -376,12 +377,14 @@ impl AppClient {
 
     /// The send loop for any request to this app's endpoint: `build` makes the request
     /// of one attempt from the `authorization` value (token auth) and `body` goes with
-    /// it; the key for `topic` signs it. Used by notifications and channel management.
+    /// it; the key for `topic` signs it; `max_body` bounds the answer's body kept. Used
+    /// by notifications and channel management.
     pub(crate) async fn exchange(
         &self,
         topic: &str,
         build: impl Fn(Option<&HeaderValue>) -> http::Request<()>,
         body: &Bytes,
+        max_body: usize,
         proceed: impl Fn() -> bool,
     ) -> Result<Exchange, SendError> {
         let (signer, pool) = self.route(topic).ok_or_else(|| SendError::NoKeyForTopic {
@@ -407,7 +410,13 @@ impl AppClient {
             // An attempt, once started, gets its whole request timeout: cutting it short
             // because the wait for a stream was long would only turn answers into Unknowns.
             match conn
-                .send(req, body.clone(), self.opts.request_timeout, permit)
+                .send(
+                    req,
+                    body.clone(),
+                    self.opts.request_timeout,
+                    permit,
+                    max_body,
+                )
                 .await
             {
                 Ok(answer) => {

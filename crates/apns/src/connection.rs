@@ -309,10 +309,9 @@ impl std::fmt::Debug for Connection {
 /// frames of many requests leave in one write. Measured: docs/benchmarks.md.
 const DATA_CHUNK: usize = 1023;
 
-/// Upper bound on the answer body we keep: APNs' error bodies are a short JSON object;
-/// the longest answer is channel management's list of an app's channels (10,000 ids,
-/// about 300 KB). A longer body is cut here and fails to parse where it is read.
-const MAX_BODY: usize = 1024 * 1024;
+/// The answer body a notification's request keeps: APNs' error bodies are a short JSON
+/// object. Callers that expect more (channel management's list) pass their own bound.
+pub const MAX_ERROR_BODY: usize = 16 * 1024;
 
 impl Connection {
     /// Open a connection: TCP, TLS with ALPN h2, HTTP/2 handshake; then drive it in a
@@ -483,13 +482,16 @@ impl Connection {
     }
 
     /// Send one request on one stream and wait for the whole answer, at most `timeout`.
-    /// The permit (from this connection's limiter) is held until the stream ends.
+    /// The permit (from this connection's limiter) is held until the stream ends. Of
+    /// the answer's body the first `max_body` bytes are kept; beyond, the answer is
+    /// marked `truncated` (the rest is read and dropped).
     pub async fn send(
         &self,
         req: http::Request<()>,
         body: Bytes,
         timeout: Duration,
         permit: StreamPermit,
+        max_body: usize,
     ) -> Result<Answer, AttemptError> {
         let _permit = permit;
         if !self.is_open() {
@@ -520,16 +522,20 @@ impl Connection {
             let resp = response.await?;
             let (parts, mut body) = resp.into_parts();
             let mut buf = BytesMut::new();
+            let mut truncated = false;
             if !body.is_end_stream() {
                 while let Some(chunk) = body.data().await {
                     let chunk = chunk?;
                     let _ = body.flow_control().release_capacity(chunk.len());
-                    if buf.len() + chunk.len() <= MAX_BODY {
+                    // Once over the bound, nothing more is kept: no prefix-plus-tail.
+                    if truncated || buf.len() + chunk.len() > max_body {
+                        truncated = true;
+                    } else {
                         buf.extend_from_slice(&chunk);
                     }
                 }
             }
-            Ok::<_, h2::Error>((parts, buf))
+            Ok::<_, h2::Error>((parts, buf, truncated))
         };
         match tokio::time::timeout(timeout, answer).await {
             Err(_) => Err(AttemptError::Unknown(format!(
@@ -537,13 +543,14 @@ impl Connection {
                 timeout.as_millis()
             ))),
             Ok(Err(e)) => Err(self.failure(&e, stream_id, "waiting for the answer")),
-            Ok(Ok((parts, body))) => {
+            Ok(Ok((parts, body, truncated))) => {
                 self.shared.responses.fetch_add(1, Ordering::Relaxed);
                 self.shared.mark_alive();
                 Ok(Answer {
                     status: parts.status.as_u16(),
                     headers: parts.headers,
                     body: body.freeze(),
+                    truncated,
                 })
             }
         }

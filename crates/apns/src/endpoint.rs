@@ -1,4 +1,5 @@
-//! Where an app's notifications go: Apple's production or sandbox host, or any `https://host:port`.
+//! Where an app's notifications go: Apple's production or sandbox host, or any
+//! `https://host:port`; and where its broadcast channels are managed.
 
 use std::fmt;
 use std::str::FromStr;

@@ -14,7 +14,11 @@
 //! - **Provider tokens** ([`jwt`]): one per (team, key), refreshed inside Apple's
 //!   20-to-60-minute window; `403 ExpiredProviderToken` refreshes once and resends.
 //! - **Classification** ([`classify()`]): every status and reason Apple documents maps to
-//!   delivered, token dead, message rejected, retry later, or credentials broken.
+//!   delivered, token dead, channel gone, message rejected, retry later, or credentials
+//!   broken.
+//! - **Live Activity broadcasts** ([`Notification::broadcast`]) to a channel, and channel
+//!   management ([`channels::ChannelClient`]: create, read, delete, list on Apple's
+//!   management hosts, through the same send loop).
 //!
 //! TLS verification is never off; a mock or a proxy is trusted by adding its CA.
 //!

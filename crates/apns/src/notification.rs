@@ -270,11 +270,13 @@ impl NotificationParts {
     }
 }
 
-/// Does `topic` belong to `base`: equal, or `base` plus one of Apple's push-type
-/// suffixes (`com.example.app.voip` belongs to `com.example.app`;
-/// `com.example.app.foo` does not).
+/// Does `topic` belong to `base`: equal, or `base` plus a dot and more: a push-type
+/// suffix (`com.example.app.voip`) or a bundle under it (`com.example.app.watchkitapp`).
 pub fn topic_matches(base: &str, topic: &str) -> bool {
-    topic == base || suffix_of(base, topic).is_some()
+    topic == base
+        || (topic.len() > base.len()
+            && topic.starts_with(base)
+            && topic.as_bytes()[base.len()] == b'.')
 }
 
 /// The push-type suffix that makes `topic` out of `base`, if `topic` is `base` plus one.
@@ -1039,11 +1041,11 @@ mod tests {
         assert!(!topic_matches("com.a", "com.ab"));
         assert!(!topic_matches("com.a", "com"));
         assert!(
-            !topic_matches("com.a", "com.a.foo"),
-            "only push-type suffixes: a typo is another bundle id"
+            topic_matches("com.a", "com.a.watchkitapp"),
+            "a bundle under it"
         );
-        assert!(!topic_matches("com.a", "com.a.voip.voip"));
         assert_eq!(suffix_of("com.a", "com.a.voip"), Some(".voip"));
+        assert_eq!(suffix_of("com.a", "com.a.watchkitapp"), None);
         assert_eq!(suffix_of("com.a", "com.a"), None);
     }
 

@@ -351,7 +351,7 @@ struct Aps {
     dismissal_date: Option<u64>,
     attributes_type: Option<Str>,
     attributes: Option<Dict>,
-    input_push_token: Option<OneFlag>,
+    input_push_token: Option<One>,
     input_push_channel: Option<ChannelIdStr>,
     content_changed: Option<bool>,
 }
@@ -478,6 +478,22 @@ impl TryFrom<i64> for OneFlag {
             Ok(OneFlag)
         } else {
             Err(format!("must be 1 (or 0), not {v}"))
+        }
+    }
+}
+
+/// `input-push-token`: the number 1 (nothing else asks for a token).
+#[derive(Deserialize)]
+#[serde(try_from = "i64")]
+struct One;
+
+impl TryFrom<i64> for One {
+    type Error = String;
+    fn try_from(v: i64) -> Result<Self, String> {
+        if v == 1 {
+            Ok(One)
+        } else {
+            Err(format!("must be 1, not {v}"))
         }
     }
 }

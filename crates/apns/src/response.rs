@@ -226,6 +226,9 @@ pub struct Answer {
     pub status: u16,
     pub headers: http::HeaderMap,
     pub body: bytes::Bytes,
+    /// The body was longer than the request's bound: `body` holds only the chunks
+    /// that arrived before the bound was reached.
+    pub truncated: bool,
 }
 
 impl Answer {

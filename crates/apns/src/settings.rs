@@ -76,10 +76,6 @@ impl AppSettings {
             .map(ToString::to_string)
             .hash(&mut h);
         self.proxy.as_ref().map(ToString::to_string).hash(&mut h);
-        self.channels_endpoint
-            .as_ref()
-            .map(ToString::to_string)
-            .hash(&mut h);
         (self.connections, self.max_streams_per_connection).hash(&mut h);
         if let Some(ca) = &self.ca_file {
             SecretSource::File(ca.clone()).load()?.expose().hash(&mut h);

@@ -595,7 +595,13 @@ async fn the_mock_refuses_what_apns_refuses() {
         let limiter = conn.limiter().clone();
         let permit = StreamLimiter::acquire(limiter).await.unwrap();
         let r = conn
-            .send(req, body, Duration::from_secs(5), permit)
+            .send(
+                req,
+                body,
+                Duration::from_secs(5),
+                permit,
+                apns::connection::MAX_ERROR_BODY,
+            )
             .await
             .map(|a| apns::ApnsResponse::from_answer(&a))
             .unwrap();
@@ -659,6 +665,7 @@ async fn the_mock_accepts_lenient_tokens_like_apns() {
             bytes::Bytes::from_static(b"{}"),
             Duration::from_secs(5),
             permit,
+            apns::connection::MAX_ERROR_BODY,
         )
         .await
         .map(|a| apns::ApnsResponse::from_answer(&a))
