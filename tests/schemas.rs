@@ -293,6 +293,19 @@ fn corpus() -> Vec<(Value, bool)> {
         (with(&|v| v["topic"] = json!(null)), false),
         (with(&|v| v["collapse_id"] = json!(null)), false),
         (with(&|v| v["expiration"] = json!(null)), false),
+        (with(&|v| v["payload"]["aps"] = json!(null)), false),
+        (with(&|v| v["payload"]["aps"]["badge"] = json!(null)), false),
+        (with(&|v| v["payload"]["aps"]["alert"] = json!(null)), false),
+        (
+            with(&|v| v["payload"]["aps"]["alert"] = json!({"title": null})),
+            false,
+        ),
+        (
+            with(&|v| v["payload"]["aps"]["sound"] = json!({"name": "x", "volume": null})),
+            false,
+        ),
+        (live(&|a| a["stale-date"] = json!(null)), false),
+        (with(&|v| v["payload"]["custom"] = json!(null)), true),
         (live(&|a| a["input-push-token"] = json!(2)), false),
         (
             live(&|a| {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use apns::settings::key_for_topic;
-use apns::{Auth, suffix_of, topic_matches};
+use apns::{Auth, PushType, topic_matches};
 
 use super::JobError;
 use crate::config::AppConfig;
@@ -123,16 +123,28 @@ impl AppDirectory {
         Ok((entry.name.clone(), topic))
     }
 
-    /// The bundle id among `app`'s topics of which `topic` is a push-type topic, and
-    /// that suffix (`com.example.app.voip`: `com.example.app`, `.voip`); `None` when
-    /// no listed topic plus a push-type suffix makes `topic` (in the permissive
-    /// directory, always).
-    pub(super) fn push_type_topic(&self, app: &str, topic: &str) -> Option<(&str, &'static str)> {
+    /// When `topic` is under one of `app`'s topics and ends in a push-type suffix: the
+    /// topic without that suffix, and the suffix (`com.example.app.voip`:
+    /// `com.example.app`, `.voip`; `com.example.app.watchkitapp.voip`:
+    /// `com.example.app.watchkitapp`, `.voip`). `None` otherwise (a listed topic itself,
+    /// `com.acme.voip` listed as is, ends in nothing), and in the permissive directory.
+    pub(super) fn push_type_topic<'t>(
+        &self,
+        app: &str,
+        topic: &'t str,
+    ) -> Option<(&'t str, &'static str)> {
         let entry = self.apps.iter().find(|a| a.name == app)?;
-        entry
+        let base = entry
             .topics
             .iter()
-            .find_map(|b| suffix_of(b, topic).map(|s| (b.as_str(), s)))
+            .filter(|b| topic_matches(b, topic))
+            .max_by_key(|b| b.len())?;
+        let rest = &topic[base.len()..];
+        let suffix = PushType::ALL
+            .iter()
+            .filter_map(|p| p.topic_suffix())
+            .find(|s| rest.ends_with(s))?;
+        Some((&topic[..topic.len() - suffix.len()], suffix))
     }
 
     /// Is `bundle` one of `app`'s listed topics (true when it lists none, or in the

@@ -239,14 +239,16 @@ pub fn decode(
     let priority = wire.priority.map(Priority::from_number).transpose()?;
     let (app, topic) = apps.resolve(wire.app.as_deref(), wire.topic.as_deref())?;
     // `com.example.app.push-type.liveactivity` is not where an alert of com.example.app
-    // goes: a listed bundle id plus another push type's suffix is refused here (a
-    // suffix the push type needs but lacks is refused by the client's validation).
+    // goes: a topic under a listed bundle id that ends in another push type's suffix
+    // is refused here (a suffix the push type needs but lacks is refused by the
+    // client's validation).
     if let Some((bundle, suffix)) = apps.push_type_topic(&app, &topic) {
         if Some(suffix) != push_type.topic_suffix() {
+            let bundle = bundle.to_string();
             return Err(JobError::TopicOfAnotherPushType {
                 wanted: format!("{bundle}{}", push_type.topic_suffix().unwrap_or("")),
                 topic,
-                bundle: bundle.to_string(),
+                bundle,
                 push_type,
             });
         }
@@ -482,7 +484,13 @@ mod tests {
             ),
             (
                 r#"{"channel_id":"dHN0LXNyY2gtY2hubA","topic":"com.example.shop","payload":{"aps":{"event":"end","timestamp":1}}}"#.to_string(),
-                "channel_id is not padded base64: 18 characters",
+                "channel_id is not padded base64: 18 characters, and padded base64 comes in fours",
+            ),
+            (
+                format!(
+                    r#"{{"device_token":"{t}","topic":"com.example.shop.watchkitapp.push-type.liveactivity","payload":{{"aps":{{"alert":"x"}}}}}}"#
+                ),
+                "is com.example.shop.watchkitapp's topic for another push type; push type alert goes to \"com.example.shop.watchkitapp\"",
             ),
             (
                 format!(r#"{{"device_token":"{t}","topic":null,"payload":{{}}}}"#),

@@ -311,7 +311,7 @@ fn scan_payload(json: &str) -> PayloadScan {
 fn aps_ok(raw: &str, at: ApsAt) -> bool {
     match at {
         ApsAt::Absent => true,
-        ApsAt::At(from, to) => serde_json::from_str::<Option<Aps>>(&raw[from..to]).is_ok(),
+        ApsAt::At(from, to) => serde_json::from_str::<Aps>(&raw[from..to]).is_ok(),
         ApsAt::Unsure => serde_json::from_str::<PayloadCheck>(raw).is_ok(),
     }
 }
@@ -323,7 +323,7 @@ fn aps_ok(raw: &str, at: ApsAt) -> bool {
 #[derive(Deserialize)]
 #[allow(dead_code)]
 struct PayloadCheck {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     aps: Option<Aps>,
 }
 
@@ -333,27 +333,57 @@ struct PayloadCheck {
 #[serde(rename_all = "kebab-case")]
 #[allow(dead_code)]
 struct Aps {
+    #[serde(default, deserialize_with = "present")]
     alert: Option<StrOrDict<AlertDict>>,
+    #[serde(default, deserialize_with = "present")]
     badge: Option<u32>,
+    #[serde(default, deserialize_with = "present")]
     sound: Option<StrOrDict<CriticalSound>>,
+    #[serde(default, deserialize_with = "present")]
     thread_id: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     category: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     content_available: Option<OneFlag>,
+    #[serde(default, deserialize_with = "present")]
     mutable_content: Option<OneFlag>,
+    #[serde(default, deserialize_with = "present")]
     interruption_level: Option<InterruptionLevel>,
+    #[serde(default, deserialize_with = "present")]
     relevance_score: Option<UnitInterval>,
+    #[serde(default, deserialize_with = "present")]
     filter_criteria: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     target_content_id: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     timestamp: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
     event: Option<LiveActivityEvent>,
+    #[serde(default, deserialize_with = "present")]
     content_state: Option<Dict>,
+    #[serde(default, deserialize_with = "present")]
     stale_date: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
     dismissal_date: Option<u64>,
+    #[serde(default, deserialize_with = "present")]
     attributes_type: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     attributes: Option<Dict>,
+    #[serde(default, deserialize_with = "present")]
     input_push_token: Option<One>,
+    #[serde(default, deserialize_with = "present")]
     input_push_channel: Option<ChannelIdStr>,
+    #[serde(default, deserialize_with = "present")]
     content_changed: Option<bool>,
+}
+
+/// A known key, when given, is not `null` (the job schema allows no null in `aps`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// A JSON string, checked and dropped.
@@ -389,7 +419,7 @@ impl<'de> Deserialize<'de> for ChannelIdStr {
             fn visit_str<E: de::Error>(self, v: &str) -> Result<ChannelIdStr, E> {
                 crate::notification::validate_channel_id(v)
                     .map(|_| ChannelIdStr)
-                    .map_err(|e| E::custom(e.to_string().trim_start_matches("channel_id ")))
+                    .map_err(|e| E::custom(format!("not a channel id ({e})")))
             }
         }
         d.deserialize_str(V)
@@ -446,23 +476,36 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for StrOrDict<T> {
 #[serde(rename_all = "kebab-case")]
 #[allow(dead_code)]
 struct AlertDict {
+    #[serde(default, deserialize_with = "present")]
     title: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     subtitle: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     body: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     launch_image: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     title_loc_key: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     title_loc_args: Option<Vec<Str>>,
+    #[serde(default, deserialize_with = "present")]
     subtitle_loc_key: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     subtitle_loc_args: Option<Vec<Str>>,
+    #[serde(default, deserialize_with = "present")]
     loc_key: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     loc_args: Option<Vec<Str>>,
 }
 
 #[derive(Deserialize)]
 #[allow(dead_code)]
 struct CriticalSound {
+    #[serde(default, deserialize_with = "present")]
     critical: Option<OneFlag>,
+    #[serde(default, deserialize_with = "present")]
     name: Option<Str>,
+    #[serde(default, deserialize_with = "present")]
     volume: Option<UnitInterval>,
 }
 
