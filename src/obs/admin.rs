@@ -134,6 +134,22 @@ impl Held {
     }
 }
 
+/// Connections the kernel queues for `accept` (capped by `net.core.somaxconn`). Tokio's
+/// default of 1024 overflowed under a flood of 3,000 reconnecting slow clients: a
+/// probe's SYN was dropped and retransmitted a second later, past a 1 s probe timeout.
+const BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
 /// Bind the admin port; the returned future serves until `shutdown`.
 pub async fn bind(
     addr: SocketAddr,
@@ -141,9 +157,7 @@ pub async fn bind(
     limits: AdminLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl Future<Output = ()>), AdminError> {
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| AdminError { addr, source })?;
+    let listener = listen(addr).map_err(|source| AdminError { addr, source })?;
     let local = listener
         .local_addr()
         .map_err(|source| AdminError { addr, source })?;
