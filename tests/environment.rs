@@ -9,7 +9,7 @@ mod common;
 use std::time::Duration;
 
 use apns::EndpointKind;
-use apns_mock::{Faults, MockConfig, MockKey};
+use apns_mock::{Faults, MockConfig};
 use common::broker;
 use common::*;
 use serde_json::json;
@@ -38,33 +38,8 @@ async fn a_token_of_the_other_environment_is_not_deleted() {
         ..MockConfig::default()
     })
     .await;
-    // One key, known to both environments (as Apple's keys are).
-    let (pem, public) = apns_mock::certs::generate_signing_key().unwrap();
-    for m in [&production, &sandbox] {
-        m.mock
-            .add_key(MockKey {
-                key_id: KEY.into(),
-                team_id: TEAM.into(),
-                public_key_pem: public.clone(),
-                topics: vec![],
-                environment: None,
-            })
-            .unwrap();
-    }
-    let key = apns::SecretSource::Value(apns::secret::Secret::new(pem));
-    let mut app =
-        apns_worker::config::AppConfig::token(production.mock.endpoint(), TEAM, KEY, key, &[TOPIC]);
-    app.connections = 1;
-    // Each mock has its own CA: the app trusts a file holding both.
-    let bundle = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        bundle.path(),
-        format!("{}{}", production.mock.ca_pem(), sandbox.mock.ca_pem()),
-    )
-    .unwrap();
-    app.ca_file = Some(bundle.path().to_path_buf());
-    app.environment_guard = Some(true);
-    app.other_endpoint = Some(sandbox.mock.endpoint());
+    // One key, known to both environments; a CA file holding both mocks' CAs.
+    let (app, _ca) = guarded_app(&production, &sandbox);
     let q = broker::topology("environment");
     let cfg = worker_config(q.clone(), vec![("shop", app)]);
     let conn = broker::connect().await;

@@ -259,38 +259,13 @@ async fn refused_broadcasts_and_bad_live_activities_are_dead_lettered_with_the_r
 /// environment, whose "no such channel" would retire a live channel.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_environment_guard_leaves_broadcasts_alone() {
-    use apns_mock::MockKey;
     let app_env = mock(Faults::default()).await;
     let other = mock_with(MockConfig {
         environment: EndpointKind::Production,
         ..MockConfig::default()
     })
     .await;
-    let (pem, public) = apns_mock::certs::generate_signing_key().unwrap();
-    for m in [&app_env, &other] {
-        m.mock
-            .add_key(MockKey {
-                key_id: KEY.into(),
-                team_id: TEAM.into(),
-                public_key_pem: public.clone(),
-                topics: vec![],
-                environment: None,
-            })
-            .unwrap();
-    }
-    let key = apns::SecretSource::Value(apns::secret::Secret::new(pem));
-    let mut app =
-        apns_worker::config::AppConfig::token(app_env.mock.endpoint(), TEAM, KEY, key, &[TOPIC]);
-    app.connections = 1;
-    let bundle = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(
-        bundle.path(),
-        format!("{}{}", app_env.mock.ca_pem(), other.mock.ca_pem()),
-    )
-    .unwrap();
-    app.ca_file = Some(bundle.path().to_path_buf());
-    app.environment_guard = Some(true);
-    app.other_endpoint = Some(other.mock.endpoint());
+    let (app, _ca) = guarded_app(&app_env, &other);
     let q = broker::topology("live-activities-guard");
     let cfg = worker_config(q.clone(), vec![("shop", app.clone())]);
     let settings = app.settings("shop", &cfg.apns).unwrap();

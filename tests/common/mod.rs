@@ -50,6 +50,37 @@ impl Mock {
     }
 }
 
+/// A token-auth app on `app_env` with the environment guard pointed at `other`: one
+/// key known to both mocks (as Apple's keys are to both environments), and a CA file
+/// holding both mocks' CAs (kept alive by the returned file).
+pub fn guarded_app(app_env: &Mock, other: &Mock) -> (AppConfig, tempfile::NamedTempFile) {
+    let (pem, public) = apns_mock::certs::generate_signing_key().unwrap();
+    for m in [app_env, other] {
+        m.mock
+            .add_key(apns_mock::MockKey {
+                key_id: KEY.into(),
+                team_id: TEAM.into(),
+                public_key_pem: public.clone(),
+                topics: vec![],
+                environment: None,
+            })
+            .unwrap();
+    }
+    let key = SecretSource::Value(Secret::new(pem));
+    let mut app = AppConfig::token(app_env.mock.endpoint(), TEAM, KEY, key, &[TOPIC]);
+    app.connections = 1;
+    let bundle = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        bundle.path(),
+        format!("{}{}", app_env.mock.ca_pem(), other.mock.ca_pem()),
+    )
+    .unwrap();
+    app.ca_file = Some(bundle.path().to_path_buf());
+    app.environment_guard = Some(true);
+    app.other_endpoint = Some(other.mock.endpoint());
+    (app, bundle)
+}
+
 pub fn fast_settings() -> ApnsSettings {
     ApnsSettings {
         request_timeout_ms: 2_000,
