@@ -121,6 +121,12 @@ async fn spans_go_over_otlp_http_when_the_protocol_says_so() {
         .unwrap();
     assert_eq!(line, "POST /v1/traces HTTP/1.1");
     assert_eq!(ctype, "application/x-protobuf");
+    // The first export may hold a span that ended before the send (the batch goes
+    // every 100 ms): wait for the mock to have the job, then count.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while m.mock.received().is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(m.mock.received().len(), 1);
     child.kill().await.unwrap();
     broker::delete_topology(&conn, &q, &retry).await;
