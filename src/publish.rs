@@ -102,7 +102,7 @@ pub fn synthetic_job(s: &Synthetic, n: u64) -> String {
 pub fn load_jsonl(
     path: &PathBuf,
     apps: &AppDirectory,
-    max_bytes: usize,
+    limits: job::Limits,
 ) -> Result<Vec<String>, PublishCmdError> {
     let name = path.display().to_string();
     let reader: Box<dyn BufRead> = if name == "-" {
@@ -120,10 +120,14 @@ pub fn load_jsonl(
             continue;
         }
         let body = bytes::Bytes::from(line.clone());
-        if let Err(e) = job::decode(&body, &Envelope::default(), apps, max_bytes) {
-            errors.push(format!("  line {}: {e}", i + 1));
-        } else {
-            jobs.push(line);
+        match job::decode_limited(&body, &Envelope::default(), apps, limits) {
+            Err(e) => errors.push(format!("  line {}: {e}", i + 1)),
+            // The worker sends a fan-out job's good tokens and dead-letters the bad
+            // ones; a producer's tool refuses the job, as the schema does.
+            Ok(j) => match j.fanout.as_ref().and_then(|f| f.refused.first()) {
+                Some((_, e)) => errors.push(format!("  line {}: device_tokens: {e}", i + 1)),
+                None => jobs.push(line),
+            },
         }
     }
     if !errors.is_empty() {
@@ -247,20 +251,23 @@ pub async fn run(
     apps: &AppDirectory,
     progress: bool,
 ) -> Result<u64, PublishCmdError> {
-    let max_bytes = cfg.worker.max_job_bytes;
+    let limits = job::Limits {
+        max_bytes: cfg.worker.max_job_bytes,
+        max_tokens: cfg.worker.max_tokens_per_job,
+    };
     let (jobs, total): (Box<dyn Iterator<Item = String> + Send>, u64) = match source {
         Source::Jsonl(path) => {
-            let v = load_jsonl(&path, apps, max_bytes)?;
+            let v = load_jsonl(&path, apps, limits)?;
             let n = v.len() as u64;
             (Box::new(v.into_iter()), n)
         }
         Source::Synthetic(s) => {
             let first = synthetic_job(&s, 0);
-            job::decode(
+            job::decode_limited(
                 &bytes::Bytes::from(first),
                 &Envelope::default(),
                 apps,
-                max_bytes,
+                limits,
             )
             .map_err(|e| PublishCmdError::Invalid {
                 count: 1,

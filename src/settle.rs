@@ -388,6 +388,63 @@ pub fn invalid_job(error: &str, attempts_before: u32) -> Settlement {
     })
 }
 
+/// A fan-out job's settlement, from its tokens' (`fan_in`): everything to publish
+/// (each confirmed), then one ack; or, if any token's send was withdrawn with its
+/// broker session, a requeue of the whole message and nothing published.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FanIn<'a> {
+    /// A token's broker session is gone: requeue the message, publish nothing.
+    pub requeue: bool,
+    /// One event per dead token (cleanup, environment mismatch).
+    pub events: Vec<&'a Settlement>,
+    /// One dead letter per (reason, status, error), with its tokens.
+    pub dead_letters: Vec<(&'a DeadLetter, Vec<&'a str>)>,
+    /// The tokens to send again, as one child job in a delay queue (an attempt).
+    pub retry: Option<(&'a Settlement, Vec<&'a str>)>,
+    /// The tokens parked unsent (not an attempt), as one child job.
+    pub park: Option<(&'a Settlement, Vec<&'a str>)>,
+}
+
+impl FanIn<'_> {
+    /// Publishes before the ack.
+    pub fn publishes(&self) -> usize {
+        self.events.len()
+            + self.dead_letters.len()
+            + usize::from(self.retry.is_some())
+            + usize::from(self.park.is_some())
+    }
+}
+
+/// Group the settlements of a fan-out job's tokens into the message's: delivered,
+/// expired and already settled tokens need nothing; each event is published; dead
+/// letters are grouped by reason, status and error; the tokens to retry go on together
+/// (under the first one's delay), and so do the parked ones.
+pub fn fan_in<'a>(rows: impl IntoIterator<Item = (&'a str, &'a Settlement)>) -> FanIn<'a> {
+    let mut f = FanIn::default();
+    for (token, s) in rows {
+        match s {
+            Settlement::Ack(_) => {}
+            Settlement::Cleanup(_)
+            | Settlement::ChannelCleanup(_)
+            | Settlement::EnvironmentMismatch(_) => f.events.push(s),
+            Settlement::DeadLetter(dl) => {
+                match f.dead_letters.iter_mut().find(|(d, _)| {
+                    d.reason == dl.reason && d.status == dl.status && d.error == dl.error
+                }) {
+                    Some((_, tokens)) => tokens.push(token),
+                    None => f.dead_letters.push((dl, vec![token])),
+                }
+            }
+            Settlement::Retry { .. } => f.retry.get_or_insert((s, Vec::new())).1.push(token),
+            Settlement::Park { .. } | Settlement::AwaitConfig { .. } => {
+                f.park.get_or_insert((s, Vec::new())).1.push(token)
+            }
+            Settlement::Requeue { .. } => f.requeue = true,
+        }
+    }
+    f
+}
+
 /// RFC 3339 with milliseconds, from milliseconds since the epoch.
 pub fn rfc3339_ms(ms: u64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms);
@@ -396,6 +453,94 @@ pub fn rfc3339_ms(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn fan_in_groups_tokens_by_what_their_message_needs() {
+        use super::*;
+        let dl = |reason: &str, error: &str| {
+            Settlement::DeadLetter(DeadLetter {
+                status: Some(400),
+                reason: reason.into(),
+                error: error.into(),
+                attempts: 1,
+            })
+        };
+        let delay = DelayQueue {
+            level_ms: 1000,
+            ttl_ms: 900,
+        };
+        let retry = Settlement::Retry {
+            attempt: 1,
+            delay,
+            reason: "ServiceUnavailable".into(),
+        };
+        let park = Settlement::Park {
+            delay,
+            reason: "InvalidProviderToken".into(),
+        };
+        let cleanup = Settlement::Cleanup(CleanupEvent {
+            device_token: "dd".into(),
+            topic: "t".into(),
+            app: "a".into(),
+            reason: "Unregistered".into(),
+            status: 410,
+            unregistered_at: None,
+            job_id: None,
+            apns_id: None,
+            observed_at: "x".into(),
+        });
+        let delivered = Settlement::Ack(AckKind::Delivered);
+        let expired = Settlement::Ack(AckKind::Expired);
+        let bad_topic = dl("BadTopic", "e1");
+        let bad_topic_too = dl("BadTopic", "e1");
+        let bad_collapse = dl("BadCollapseId", "e2");
+        let retry2 = Settlement::Retry {
+            attempt: 1,
+            delay: DelayQueue {
+                level_ms: 1000,
+                ttl_ms: 800,
+            },
+            reason: "InternalServerError".into(),
+        };
+        let rows = vec![
+            ("t1", &delivered),
+            ("t2", &expired),
+            ("t3", &cleanup),
+            ("t4", &bad_topic),
+            ("t5", &bad_topic_too),
+            ("t6", &bad_collapse),
+            ("t7", &retry),
+            ("t8", &retry2),
+            ("t9", &park),
+        ];
+        let f = fan_in(rows.iter().copied());
+        assert!(!f.requeue);
+        assert_eq!(f.events, vec![&cleanup]);
+        let groups: Vec<_> = f
+            .dead_letters
+            .iter()
+            .map(|(d, t)| (d.reason.as_str(), t.clone()))
+            .collect();
+        assert_eq!(
+            groups,
+            vec![
+                ("BadTopic", vec!["t4", "t5"]),
+                ("BadCollapseId", vec!["t6"])
+            ]
+        );
+        assert_eq!(f.retry, Some((&retry, vec!["t7", "t8"])));
+        assert_eq!(f.park, Some((&park, vec!["t9"])));
+        assert_eq!(f.publishes(), 5);
+
+        let gone = Settlement::Requeue {
+            reason: "SessionLost",
+        };
+        let f = fan_in([("t1", &delivered), ("t2", &gone)]);
+        assert!(f.requeue, "one withdrawn send requeues the whole message");
+
+        let f = fan_in([("t1", &delivered), ("t2", &expired)]);
+        assert_eq!(f.publishes(), 0, "nothing to publish: just the ack");
+    }
+
     use super::*;
     use apns::Reason;
 

@@ -10,6 +10,11 @@ use apns_worker::config::Config;
 use common::tools::{self, root};
 use serde_json::Value;
 
+const LIMITS: apns_worker::job::Limits = apns_worker::job::Limits {
+    max_bytes: 131_072,
+    max_tokens: 1000,
+};
+
 fn render(values: &[&str], set: &[&str]) -> std::process::Output {
     let mut cmd = Command::new(tools::helm());
     cmd.arg("template")
@@ -406,7 +411,7 @@ fn the_compose_file_validates_and_its_files_are_consistent() {
     faults.check().unwrap();
     let apps = apns_worker::job::AppDirectory::from_config(&cfg.apps);
     let jobs =
-        apns_worker::publish::load_jsonl(&root().join("deploy/sample-jobs.jsonl"), &apps, 65536)
+        apns_worker::publish::load_jsonl(&root().join("deploy/sample-jobs.jsonl"), &apps, LIMITS)
             .unwrap();
     assert!(jobs.len() >= 30);
     let compose =

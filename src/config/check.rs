@@ -69,6 +69,14 @@ impl Config {
         if w.max_job_bytes < 1024 {
             return Err(invalid("worker.max_job_bytes must be at least 1024"));
         }
+        if w.max_tokens_per_job == 0 || w.max_tokens_per_job > 100_000 {
+            return Err(invalid("worker.max_tokens_per_job must be 1 to 100000"));
+        }
+        if w.max_notifications_in_flight == 0 {
+            return Err(invalid(
+                "worker.max_notifications_in_flight must be at least 1 (it bounds sends in flight)",
+            ));
+        }
         self.admin.addr()?;
         if self.admin.max_connections == 0 || self.admin.header_read_timeout_ms == 0 {
             return Err(invalid(

@@ -357,6 +357,11 @@ pub struct WorkerSettings {
     pub drain_secs: u64,
     /// Jobs larger than this are dead-lettered unread.
     pub max_job_bytes: usize,
+    /// Most tokens in one fan-out job (`device_tokens`); more is an invalid job.
+    pub max_tokens_per_job: usize,
+    /// Notifications being sent at once by this replica, over all its jobs: a fan-out
+    /// job sends its tokens within it (prefetch bounds messages, this bounds sends).
+    pub max_notifications_in_flight: usize,
     /// Remember the outcomes of this many recent notifications, so a job redelivered
     /// after a broker reconnect is settled without being sent twice.
     pub dedupe_capacity: usize,
@@ -377,7 +382,9 @@ impl Default for WorkerSettings {
             ack_batch: 256,
             ack_flush_ms: 10,
             drain_secs: 25,
-            max_job_bytes: 64 * 1024,
+            max_job_bytes: 128 * 1024,
+            max_tokens_per_job: crate::job::DEFAULT_MAX_TOKENS,
+            max_notifications_in_flight: 2000,
             dedupe_capacity: 20_000,
             threads: 1,
             allow_no_apps: false,

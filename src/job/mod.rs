@@ -49,10 +49,19 @@ pub enum JobError {
     TopicNotServed { app: String, topic: String },
     #[error("{0}")]
     Invalid(#[from] ValidationError),
-    #[error("the job needs device_token (one device) or channel_id (a Live Activity broadcast)")]
+    #[error(
+        "the job needs device_token (one device), device_tokens (a campaign) or channel_id (a Live Activity broadcast)"
+    )]
     NoTarget,
-    #[error("the job has both device_token and channel_id; give one")]
-    TwoTargets,
+    #[error("the job has {0}; give one of device_token, device_tokens and channel_id")]
+    TwoTargets(&'static str),
+    #[error("device_tokens holds {count} tokens; a job holds 1 to {max}")]
+    TokenCount { count: usize, max: usize },
+    #[error("none of the {count} device_tokens is a device token: {first}")]
+    NoValidToken {
+        count: usize,
+        first: ValidationError,
+    },
     #[error(
         "a broadcast (channel_id) is a Live Activity update: push_type must be liveactivity, not {0}"
     )]
@@ -104,6 +113,8 @@ struct Wire<'a> {
     #[serde(default, deserialize_with = "present")]
     device_token: Option<String>,
     #[serde(default, deserialize_with = "present")]
+    device_tokens: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
     channel_id: Option<String>,
     #[serde(default, deserialize_with = "present")]
     topic: Option<String>,
@@ -129,9 +140,80 @@ pub struct Job {
     pub app: String,
     /// The producer's id (`id`, else the AMQP message id).
     pub job_id: Option<String>,
+    /// The notification (of a fan-out job: to its first valid token, under the job's
+    /// apns-id; each token's own is [`FanOut::notification`]).
     pub notification: Notification,
     /// Unix seconds; 0 = deliver now or never.
     pub expiration: Option<u64>,
+    /// A fan-out job (`device_tokens`): its tokens.
+    pub fanout: Option<FanOut>,
+}
+
+/// The tokens of a fan-out job: each valid one once, in the order given, and the
+/// invalid ones with why (they are dead-lettered; the others are sent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FanOut {
+    pub tokens: Vec<String>,
+    pub refused: Vec<(String, ValidationError)>,
+    /// Tokens given more than once (each is sent once).
+    pub repeats: usize,
+}
+
+impl FanOut {
+    /// The apns-id of one token's notification: a UUIDv5 of the token under the job's
+    /// apns-id, so the same on every attempt of the job.
+    pub fn apns_id(job_apns_id: Uuid, token: &str) -> Uuid {
+        Uuid::new_v5(&job_apns_id, token.as_bytes())
+    }
+
+    /// One token's notification: the job's, to `token`, under the token's apns-id.
+    pub fn notification(job: &Job, token: &str) -> Result<Notification, ValidationError> {
+        let id = job.apns_id().map(|j| FanOut::apns_id(j, token));
+        job.notification.for_device(token, id)
+    }
+}
+
+/// What decoding accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Larger bodies are refused unread.
+    pub max_bytes: usize,
+    /// Most tokens in a fan-out job's `device_tokens`.
+    pub max_tokens: usize,
+}
+
+/// The job's body with `device_tokens` replaced by `tokens`: a fan-out job's retry,
+/// park or dead letter for some of its tokens. The other fields are kept byte for byte
+/// (the payload too); their order may change.
+pub fn with_tokens(body: &[u8], tokens: &[&str]) -> Result<Vec<u8>, serde_json::Error> {
+    let fields: std::collections::BTreeMap<String, &RawValue> = serde_json::from_slice(body)?;
+    let mut out = Vec::with_capacity(body.len());
+    out.push(b'{');
+    let mut first = true;
+    let mut wrote_tokens = false;
+    for (k, v) in &fields {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        serde_json::to_writer(&mut out, k)?;
+        out.push(b':');
+        if k == "device_tokens" {
+            serde_json::to_writer(&mut out, tokens)?;
+            wrote_tokens = true;
+        } else {
+            out.extend_from_slice(v.get().as_bytes());
+        }
+    }
+    if !wrote_tokens {
+        if !first {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\"device_tokens\":");
+        serde_json::to_writer(&mut out, tokens)?;
+    }
+    out.push(b'}');
+    Ok(out)
 }
 
 impl Job {
@@ -190,14 +272,64 @@ pub fn derive_apns_id(job_id: Option<&str>, env: &Envelope<'_>) -> Option<Uuid> 
     job_id.or(env.message_id).map(from).or(env.apns_id_header)
 }
 
-/// Decode and validate one job. `body` is the message body; the payload is sliced
-/// out of it without copying or re-serialising.
+/// The default of `worker.max_tokens_per_job`.
+pub const DEFAULT_MAX_TOKENS: usize = 1000;
+
+/// Decode and validate one job, with at most [`DEFAULT_MAX_TOKENS`] tokens.
 pub fn decode(
     body: &Bytes,
     env: &Envelope<'_>,
     apps: &AppDirectory,
     max_bytes: usize,
 ) -> Result<Job, JobError> {
+    let limits = Limits {
+        max_bytes,
+        max_tokens: DEFAULT_MAX_TOKENS,
+    };
+    decode_limited(body, env, apps, limits)
+}
+
+/// The tokens of `device_tokens`, checked: 1 to `max`, each valid one once.
+fn fan_out(given: Vec<String>, max: usize) -> Result<FanOut, JobError> {
+    if given.is_empty() || given.len() > max {
+        return Err(JobError::TokenCount {
+            count: given.len(),
+            max,
+        });
+    }
+    let count = given.len();
+    let mut seen = std::collections::HashSet::with_capacity(count);
+    let mut out = FanOut {
+        tokens: Vec::with_capacity(count),
+        refused: Vec::new(),
+        repeats: 0,
+    };
+    for t in given {
+        if !seen.insert(t.clone()) {
+            out.repeats += 1;
+            continue;
+        }
+        match apns::validate_device_token(&t) {
+            Ok(()) => out.tokens.push(t),
+            Err(e) => out.refused.push((t, e)),
+        }
+    }
+    if out.tokens.is_empty() {
+        let first = out.refused.swap_remove(0).1;
+        return Err(JobError::NoValidToken { count, first });
+    }
+    Ok(out)
+}
+
+/// Decode and validate one job. `body` is the message body; the payload is sliced
+/// out of it without copying or re-serialising.
+pub fn decode_limited(
+    body: &Bytes,
+    env: &Envelope<'_>,
+    apps: &AppDirectory,
+    limits: Limits,
+) -> Result<Job, JobError> {
+    let max_bytes = limits.max_bytes;
     if body.len() > max_bytes {
         return Err(JobError::TooLarge {
             size: body.len(),
@@ -223,10 +355,22 @@ pub fn decode(
             return Err(JobError::BadId);
         }
     }
-    let broadcast = match (&wire.device_token, &wire.channel_id) {
-        (Some(_), Some(_)) => return Err(JobError::TwoTargets),
-        (None, None) => return Err(JobError::NoTarget),
-        (_, c) => c.is_some(),
+    let broadcast = match (&wire.device_token, &wire.device_tokens, &wire.channel_id) {
+        (Some(_), Some(_), _) => {
+            return Err(JobError::TwoTargets("both device_token and device_tokens"));
+        }
+        (Some(_), _, Some(_)) => {
+            return Err(JobError::TwoTargets("both device_token and channel_id"));
+        }
+        (_, Some(_), Some(_)) => {
+            return Err(JobError::TwoTargets("both device_tokens and channel_id"));
+        }
+        (None, None, None) => return Err(JobError::NoTarget),
+        (_, _, c) => c.is_some(),
+    };
+    let fanout = match wire.device_tokens {
+        Some(given) => Some(fan_out(given, limits.max_tokens)?),
+        None => None,
     };
     let push_type: PushType = match &wire.push_type {
         Some(p) => p.parse()?,
@@ -283,7 +427,10 @@ pub fn decode(
             })?
         }
         None => Notification::new(NotificationParts {
-            device_token: wire.device_token.unwrap_or_default(),
+            device_token: match &fanout {
+                Some(f) => f.tokens[0].clone(),
+                None => wire.device_token.unwrap_or_default(),
+            },
             topic,
             push_type,
             priority,
@@ -298,6 +445,7 @@ pub fn decode(
         job_id,
         notification,
         expiration: wire.expiration,
+        fanout,
     })
 }
 
@@ -388,7 +536,7 @@ mod tests {
             ),
             (
                 r#"{"topic":"com.example.shop","payload":{}}"#.to_string(),
-                "the job needs device_token (one device) or channel_id (a Live Activity broadcast)",
+                "the job needs device_token (one device), device_tokens (a campaign) or channel_id (a Live Activity broadcast)",
             ),
             (
                 format!(r#"{{"device_token":"{t}","topic":"com.example.shop","payload":[]}}"#),
@@ -456,7 +604,7 @@ mod tests {
                 format!(
                     r#"{{"channel_id":"dHN0LXNyY2gtY2hubA==","device_token":"{t}","topic":"com.example.shop","payload":{{}}}}"#
                 ),
-                "both device_token and channel_id",
+                "the job has both device_token and channel_id; give one of device_token, device_tokens and channel_id",
             ),
             (
                 r#"{"channel_id":"not base64!","topic":"com.example.shop","payload":{"aps":{"event":"end","timestamp":1}}}"#.to_string(),
@@ -655,6 +803,90 @@ mod tests {
         };
         assert_eq!(derive_apns_id(None, &env2), Some(u));
         assert_eq!(derive_apns_id(None, &Envelope::default()), None);
+    }
+
+    #[test]
+    fn fan_out_jobs_send_each_valid_token_once() {
+        let other = "ab".repeat(32);
+        let json = format!(
+            r#"{{"id":"c-1","device_tokens":["{TOKEN}","zz","{other}","{TOKEN}","abc"],"app":"shop","payload":{{"aps":{{"alert":"x"}}}}}}"#
+        );
+        let job = dec(&json).unwrap();
+        let f = job.fanout.clone().unwrap();
+        assert_eq!(f.tokens, vec![TOKEN.to_string(), other.clone()]);
+        assert_eq!(f.repeats, 1);
+        let refused: Vec<_> = f.refused.iter().map(|(t, _)| t.as_str()).collect();
+        assert_eq!(refused, vec!["zz", "abc"]);
+        assert!(matches!(
+            f.refused[1].1,
+            ValidationError::DeviceTokenOddLength(3)
+        ));
+        let job_id = Uuid::new_v5(&APNS_ID_NAMESPACE, b"c-1");
+        let n = FanOut::notification(&job, &other).unwrap();
+        assert_eq!(n.device_token(), Some(other.as_str()));
+        assert_eq!(n.apns_id(), Some(Uuid::new_v5(&job_id, other.as_bytes())));
+        assert_ne!(
+            FanOut::apns_id(job_id, TOKEN),
+            FanOut::apns_id(job_id, &other),
+            "one apns-id per token"
+        );
+
+        let too_many = format!(
+            r#"{{"device_tokens":{},"app":"shop","payload":{{}}}}"#,
+            serde_json::to_string(&vec![TOKEN; DEFAULT_MAX_TOKENS + 1]).unwrap()
+        );
+        let limits = Limits {
+            max_bytes: 1 << 20,
+            max_tokens: DEFAULT_MAX_TOKENS,
+        };
+        let body = Bytes::from(too_many);
+        let e = decode_limited(&body, &Envelope::default(), &apps(), limits).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            format!("device_tokens holds 1001 tokens; a job holds 1 to {DEFAULT_MAX_TOKENS}")
+        );
+        for (json, want) in [
+            (
+                r#"{"device_tokens":[],"app":"shop","payload":{}}"#.to_string(),
+                "device_tokens holds 0 tokens; a job holds 1 to 1000".to_string(),
+            ),
+            (
+                r#"{"device_tokens":["zz","0"],"app":"shop","payload":{}}"#.to_string(),
+                "none of the 2 device_tokens is a device token: device_token must be hexadecimal"
+                    .to_string(),
+            ),
+            (
+                format!(r#"{{"device_token":"{TOKEN}","device_tokens":["{TOKEN}"],"app":"shop","payload":{{}}}}"#),
+                "the job has both device_token and device_tokens; give one of device_token, device_tokens and channel_id".to_string(),
+            ),
+            (
+                format!(r#"{{"channel_id":"dHN0LXNyY2gtY2hubA==","device_tokens":["{TOKEN}"],"app":"shop","payload":{{}}}}"#),
+                "the job has both device_tokens and channel_id".to_string(),
+            ),
+            (
+                r#"{"device_tokens":null,"app":"shop","payload":{}}"#.to_string(),
+                "device_tokens: invalid type: null".to_string(),
+            ),
+        ] {
+            let e = dec(&json).unwrap_err().to_string();
+            assert!(e.starts_with(&want), "{json}\n got: {e}\nwant: {want}");
+        }
+    }
+
+    #[test]
+    fn with_tokens_keeps_every_other_field_byte_for_byte() {
+        let body = br#"{"id":"c-1","device_tokens":["aa","bb","cc"],"payload":{"aps":{"alert":"x"},"n":1.50},"topic":"t"}"#;
+        let out = with_tokens(body, &["bb"]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains(r#""device_tokens":["bb"]"#), "{text}");
+        assert!(
+            text.contains(r#""payload":{"aps":{"alert":"x"},"n":1.50}"#),
+            "{text}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["id"], "c-1");
+        assert_eq!(v["topic"], "t");
+        assert!(with_tokens(b"[1]", &["bb"]).is_err());
     }
 
     #[test]

@@ -38,14 +38,14 @@ impl Drop for InFlight<'_> {
 }
 
 /// What was decided for one decoded job, and the send behind it, if any.
-struct Decision {
-    settlement: Settlement,
-    sent: Option<Sent>,
-    remembered: bool,
+pub(super) struct Decision {
+    pub(super) settlement: Settlement,
+    pub(super) sent: Option<Sent>,
+    pub(super) remembered: bool,
 }
 
 impl Decision {
-    fn unsent(settlement: Settlement) -> Decision {
+    pub(super) fn unsent(settlement: Settlement) -> Decision {
         Decision {
             settlement,
             sent: None,
@@ -154,7 +154,7 @@ async fn traced_send(
 /// How often a message looks again whether its twin in flight has its answer.
 const TWIN_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
-fn now_secs() -> u64 {
+pub(super) fn now_secs() -> u64 {
     SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -236,7 +236,7 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
     };
     let decoded = match control {
         Err(e) => Err(JobError::from(e)),
-        Ok(_) => job::decode(&inc.body, &env, &w.apps, w.cfg.worker.max_job_bytes),
+        Ok(_) => job::decode_limited(&inc.body, &env, &w.apps, w.job_limits()),
     };
     let mut decision = match &decoded {
         Err(e) => Decision::unsent(match e.unknown_route() {
@@ -250,10 +250,34 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
             ),
             None => settle::invalid_job(&e.to_string(), attempts_before),
         }),
+        Ok(job) if job.fanout.is_some() => {
+            let ctl = execute::CopyState {
+                attempts: attempts_before,
+                config_waits,
+                lineage,
+                hop,
+            };
+            let consult = inc.redelivered || from_delay_queue;
+            return super::fanout::process(&w, &s, &inc, guard, job, ctl, consult).await;
+        }
         Ok(job) => {
             let consult = inc.redelivered || from_delay_queue;
             let step = (lineage, hop);
-            decide(&w, &s, job, attempts_before, step, consult).await
+            let _send = w
+                .sends
+                .acquire()
+                .await
+                .expect("the send bound is never closed");
+            decide(
+                &w,
+                &s,
+                job,
+                &job.notification,
+                attempts_before,
+                step,
+                consult,
+            )
+            .await
         }
     };
     if let Some(sent) = &mut decision.sent {
@@ -306,15 +330,19 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
 
 /// When the job was published, in ms since the epoch: the producer's
 /// `x-published-at-ms` header, else the AMQP timestamp (whole seconds).
-fn published_at_ms(inc: &Incoming) -> Option<u64> {
+pub(super) fn published_at_ms(inc: &Incoming) -> Option<u64> {
     inc.header_u64("x-published-at-ms")
         .or_else(|| inc.timestamp().map(|s| s * 1000))
 }
 
-async fn decide(
+/// Send one notification of `job` (`n`: the job's own, or one token's of a fan-out
+/// job) and decide its settlement. The caller holds a permit of the replica's send
+/// bound (`worker.max_notifications_in_flight`).
+pub(super) async fn decide(
     w: &Worker,
     s: &Session,
     job: &Job,
+    n: &apns::Notification,
     attempts_before: u32,
     (lineage, hop): (u64, u32),
     // A redelivery, or a worker-made copy of which a twin may exist (a publish whose
@@ -325,13 +353,12 @@ async fn decide(
     if job.expired(now_secs()) {
         return Decision::unsent(Settlement::Ack(AckKind::Expired));
     }
-    let apns_id = job.apns_id().expect("decode always sets an apns-id");
+    let apns_id = n.apns_id().expect("decode always sets an apns-id");
     let key = Key {
         apns_id,
         lineage,
         hop,
     };
-    let n = &job.notification;
     let mut rng = fastrand::Rng::new();
     let ctx = || settle::Context {
         retry: &w.cfg.retry,

@@ -88,52 +88,10 @@ pub async fn carry_out(
     }
     let result = match settlement {
         Settlement::Ack(_) | Settlement::Requeue { .. } => Ok(()),
-        Settlement::EnvironmentMismatch(ev) => {
-            let body = serde_json::to_vec(ev).expect("event serialises");
-            let id = Uuid::new_v4().to_string();
-            publish_retrying(s, &q.environment_exchange, &ev.topic, &body, || {
-                amqp::event_props(&id)
-            })
-            .await
-        }
-        Settlement::Cleanup(ev) => {
-            let body = serde_json::to_vec(ev).expect("event serialises");
-            let id = Uuid::new_v4().to_string();
-            publish_retrying(s, &q.cleanup_exchange, &ev.topic, &body, || {
-                amqp::event_props(&id)
-            })
-            .await
-        }
-        Settlement::ChannelCleanup(ev) => {
-            let body = serde_json::to_vec(ev).expect("event serialises");
-            let id = Uuid::new_v4().to_string();
-            publish_retrying(s, &q.cleanup_exchange, &ev.routing_key(), &body, || {
-                amqp::event_props(&id).with_type(lapin::types::ShortString::from("channel-cleanup"))
-            })
-            .await
-        }
-        Settlement::DeadLetter(dl) => {
-            let mut headers = vec![
-                ("x-apns-reason", HeaderValue::Text(dl.reason.clone())),
-                (
-                    "x-error",
-                    HeaderValue::Text(truncate(&dl.error, 1024).to_string()),
-                ),
-                ("x-attempts", HeaderValue::Int(i64::from(dl.attempts))),
-                // A replay of this dead letter is a new message of the job (`control`).
-                (
-                    "x-apns-dead-letter-id",
-                    HeaderValue::Text(Uuid::new_v4().to_string()),
-                ),
-            ];
-            if let Some(st) = dl.status {
-                headers.push(("x-apns-status", HeaderValue::Int(i64::from(st))));
-            }
-            publish_retrying(s, &q.dead_letter_exchange, &q.jobs, &inc.body, || {
-                inc.dead_letter_props(&headers)
-            })
-            .await
-        }
+        Settlement::EnvironmentMismatch(_)
+        | Settlement::Cleanup(_)
+        | Settlement::ChannelCleanup(_) => publish_event(s, q, settlement).await,
+        Settlement::DeadLetter(dl) => dead_letter(s, q, inc, &inc.body, dl).await,
         Settlement::Retry {
             attempt,
             delay,
@@ -144,7 +102,7 @@ pub async fn carry_out(
                 ..state
             };
             let reason = ("x-apns-last-reason", HeaderValue::Text(reason.clone()));
-            to_delay_queue(s, q, inc, *delay, state, stamp, reason).await
+            to_delay_queue(s, q, inc, &inc.body, *delay, state, stamp, reason).await
         }
         Settlement::AwaitConfig {
             waits,
@@ -156,15 +114,178 @@ pub async fn carry_out(
                 ..state
             };
             let reason = ("x-apns-parked", HeaderValue::Text((*reason).to_string()));
-            to_delay_queue(s, q, inc, *delay, state, stamp, reason).await
+            to_delay_queue(s, q, inc, &inc.body, *delay, state, stamp, reason).await
         }
         Settlement::Park { delay, reason } => {
             let reason = ("x-apns-parked", HeaderValue::Text(reason.clone()));
-            to_delay_queue(s, q, inc, *delay, state, stamp, reason).await
+            to_delay_queue(s, q, inc, &inc.body, *delay, state, stamp, reason).await
         }
     };
     if let Some(key) = &m.key {
         recent.settled(key, result.is_ok());
+    }
+    match &result {
+        Ok(()) => guard.ack(),
+        Err(e) => {
+            if e.breaks_session() {
+                s.lost.notify_one();
+            }
+            guard.requeue();
+        }
+    }
+    result
+}
+
+/// Publish an event settlement (token cleanup, channel cleanup, environment
+/// mismatch) to its exchange, confirmed; any other settlement publishes nothing.
+async fn publish_event(
+    s: &Session,
+    q: &QueueSettings,
+    settlement: &Settlement,
+) -> Result<(), PublishError> {
+    let (exchange, key, body, kind) = match settlement {
+        Settlement::EnvironmentMismatch(ev) => (
+            &q.environment_exchange,
+            ev.topic.clone(),
+            serde_json::to_vec(ev),
+            None,
+        ),
+        Settlement::Cleanup(ev) => (
+            &q.cleanup_exchange,
+            ev.topic.clone(),
+            serde_json::to_vec(ev),
+            None,
+        ),
+        Settlement::ChannelCleanup(ev) => (
+            &q.cleanup_exchange,
+            ev.routing_key(),
+            serde_json::to_vec(ev),
+            Some("channel-cleanup"),
+        ),
+        _ => return Ok(()),
+    };
+    let body = body.expect("event serialises");
+    let id = Uuid::new_v4().to_string();
+    publish_retrying(s, exchange, &key, &body, || {
+        let props = amqp::event_props(&id);
+        match kind {
+            Some(t) => props.with_type(lapin::types::ShortString::from(t)),
+            None => props,
+        }
+    })
+    .await
+}
+
+/// Dead-letter `body` (the original's, or a fan-out job's for some of its tokens)
+/// with the original's properties and the dead letter's headers.
+async fn dead_letter(
+    s: &Session,
+    q: &QueueSettings,
+    inc: &Incoming,
+    body: &[u8],
+    dl: &settle::DeadLetter,
+) -> Result<(), PublishError> {
+    let mut headers = vec![
+        ("x-apns-reason", HeaderValue::Text(dl.reason.clone())),
+        (
+            "x-error",
+            HeaderValue::Text(truncate(&dl.error, 1024).to_string()),
+        ),
+        ("x-attempts", HeaderValue::Int(i64::from(dl.attempts))),
+        // A replay of this dead letter is a new message of the job (`control`).
+        (
+            "x-apns-dead-letter-id",
+            HeaderValue::Text(Uuid::new_v4().to_string()),
+        ),
+    ];
+    if let Some(st) = dl.status {
+        headers.push(("x-apns-status", HeaderValue::Int(i64::from(st))));
+    }
+    publish_retrying(s, &q.dead_letter_exchange, &q.jobs, body, || {
+        inc.dead_letter_props(&headers)
+    })
+    .await
+}
+
+/// Carry out a fan-out job's settlement (`settle::fan_in` of its tokens'): every
+/// event, dead letter and child copy confirmed, then the ack; a failed publish, or a
+/// token withdrawn with its session, requeues the message. The tokens' remembered
+/// answers stay, so a redelivery here sends only the tokens that have none.
+pub async fn carry_out_fanout(
+    s: &Session,
+    q: &QueueSettings,
+    recent: &Recent,
+    m: &Settling<'_>,
+    plan: &settle::FanIn<'_>,
+    keys: &[Key],
+    guard: Guard,
+) -> Result<(), PublishError> {
+    use futures_util::StreamExt;
+    let inc = m.inc;
+    let state = m.control;
+    let stamp = m.key.filter(|_| m.stamp_apns_id).map(|k| k.apns_id);
+    if plan.requeue {
+        for k in keys {
+            recent.settled(k, false);
+        }
+        guard.requeue();
+        return Ok(());
+    }
+    let body_for = |tokens: &[&str]| {
+        crate::job::with_tokens(&inc.body, tokens).expect("a decoded job is a JSON object")
+    };
+    let mut work: Vec<futures_util::future::BoxFuture<'_, Result<(), PublishError>>> =
+        Vec::with_capacity(plan.publishes());
+    for ev in &plan.events {
+        work.push(Box::pin(publish_event(s, q, ev)));
+    }
+    for (dl, tokens) in &plan.dead_letters {
+        let body = body_for(tokens);
+        work.push(Box::pin(
+            async move { dead_letter(s, q, inc, &body, dl).await },
+        ));
+    }
+    for part in [&plan.retry, &plan.park] {
+        let Some((settlement, tokens)) = part else {
+            continue;
+        };
+        let body = body_for(tokens);
+        let (delay, state, header) = match settlement {
+            Settlement::Retry {
+                attempt,
+                delay,
+                reason,
+            } => (
+                *delay,
+                CopyState {
+                    attempts: *attempt,
+                    ..state
+                },
+                ("x-apns-last-reason", HeaderValue::Text(reason.clone())),
+            ),
+            Settlement::Park { delay, reason } => (
+                *delay,
+                state,
+                ("x-apns-parked", HeaderValue::Text(reason.clone())),
+            ),
+            _ => continue,
+        };
+        work.push(Box::pin(async move {
+            to_delay_queue(s, q, inc, &body, delay, state, stamp, header).await
+        }));
+    }
+    // Confirms are pipelined: a few dozen publishes in flight, not one at a time.
+    let mut results = futures_util::stream::iter(work).buffer_unordered(64);
+    let mut result = Ok(());
+    while let Some(r) = results.next().await {
+        if let Err(e) = r {
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    for k in keys {
+        recent.settled(k, result.is_ok());
     }
     match &result {
         Ok(()) => guard.ack(),
@@ -192,10 +313,12 @@ fn truncate(s: &str, max: usize) -> &str {
 /// Republish a job to the delay queue of `delay` (a retry or a park): a new message,
 /// one hop further in its lineage, carrying the worker's state (`state`, never the
 /// incoming headers), its apns-id when it has no id of its own, and why it waits.
+#[allow(clippy::too_many_arguments)]
 async fn to_delay_queue(
     s: &Session,
     q: &QueueSettings,
     inc: &Incoming,
+    body: &[u8],
     delay: settle::DelayQueue,
     state: CopyState,
     apns_id: Option<Uuid>,
@@ -217,7 +340,7 @@ async fn to_delay_queue(
         headers.push(("x-apns-id", HeaderValue::Text(id.to_string())));
     }
     let queue = amqp::delay_queue_name(q, delay.level_ms);
-    publish_retrying(s, "", &queue, &inc.body, || {
+    publish_retrying(s, "", &queue, body, || {
         inc.copy_props(&headers, delay.ttl_ms)
     })
     .await

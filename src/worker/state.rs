@@ -36,6 +36,9 @@ pub struct Worker {
     pub(super) recent: Recent,
     pub(super) health: Health,
     pub(super) observer: Observer,
+    /// The replica's send bound: one permit per notification being sent
+    /// (`worker.max_notifications_in_flight`).
+    pub(super) sends: tokio::sync::Semaphore,
     /// The broker's host and port, for spans.
     pub(super) broker_at: (String, u16),
 }
@@ -69,6 +72,7 @@ impl Worker {
             client,
             health: Health::default(),
             observer: Observer::default(),
+            sends: tokio::sync::Semaphore::new(cfg.worker.max_notifications_in_flight),
             broker_at: cfg.broker.host_port().unwrap_or_default(),
             cfg,
         }))
@@ -87,6 +91,14 @@ impl Worker {
     /// Deliveries being processed now.
     pub fn in_flight(&self) -> usize {
         self.health.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// What a job may hold (`worker.max_job_bytes`, `worker.max_tokens_per_job`).
+    pub(super) fn job_limits(&self) -> crate::job::Limits {
+        crate::job::Limits {
+            max_bytes: self.cfg.worker.max_job_bytes,
+            max_tokens: self.cfg.worker.max_tokens_per_job,
+        }
     }
 
     pub fn config(&self) -> &Config {

@@ -85,7 +85,7 @@ pub use client::{ApnsClient, AppClient, ClientError, Delivery, SendError};
 pub use endpoint::{Endpoint, EndpointKind};
 pub use notification::{
     BroadcastParts, Notification, NotificationParts, Priority, PushType, Target, ValidationError,
-    topic_matches,
+    topic_matches, validate_device_token,
 };
 pub use payload::PayloadError;
 pub use response::{ApnsResponse, Reason};

@@ -217,6 +217,8 @@ pub enum ValidationError {
     CollapseIdEmpty,
     #[error("channel_id is empty")]
     EmptyChannelId,
+    #[error("a broadcast goes to a channel, not to devices")]
+    BroadcastHasNoDevice,
     #[error(
         "channel_id must be base64 (letters, digits, '+', '/' and '=' padding; found {found:?} at position {position})"
     )]
@@ -469,6 +471,45 @@ impl Notification {
         })
     }
 
+    /// The same notification to another device, under another apns-id: one of a
+    /// campaign's sends. Only the token is validated again (the rest was, once); a
+    /// broadcast has no device to change and is refused.
+    pub fn for_device(
+        &self,
+        device_token: &str,
+        apns_id: Option<Uuid>,
+    ) -> Result<Notification, ValidationError> {
+        if !matches!(self.target, Target::Device(_)) {
+            return Err(ValidationError::BroadcastHasNoDevice);
+        }
+        validate_device_token(device_token)?;
+        let mut headers: Vec<_> = self
+            .headers
+            .iter()
+            .filter(|(name, _)| **name != APNS_ID)
+            .cloned()
+            .collect();
+        if let Some(id) = apns_id {
+            let mut buf = Uuid::encode_buffer();
+            let s = id.hyphenated().encode_lower(&mut buf);
+            let mut v = HeaderValue::from_str(s).expect("uuid is ascii");
+            v.set_sensitive(true);
+            headers.push((&APNS_ID, v));
+        }
+        let path = PathAndQuery::try_from(format!("/3/device/{device_token}"))
+            .expect("hex token is a valid path");
+        Ok(Notification {
+            target: Target::Device(device_token.to_string()),
+            topic: self.topic.clone(),
+            push_type: self.push_type,
+            apns_id,
+            expiration: self.expiration,
+            path,
+            headers,
+            payload: self.payload.clone(),
+        })
+    }
+
     /// A broadcast to a Live Activity channel: validated as APNs would, headers built.
     ///
     /// ```
@@ -647,6 +688,41 @@ mod tests {
         let mut p = parts();
         f(&mut p);
         Notification::new(p)
+    }
+
+    #[test]
+    fn for_device_is_new_with_that_token_and_id() {
+        let other = "ab".repeat(32);
+        let id = Uuid::from_u128(7);
+        let template = with(|p| {
+            p.collapse_id = Some("c".into());
+            p.apns_id = Some(Uuid::from_u128(1));
+        })
+        .unwrap();
+        let made = template.for_device(&other, Some(id)).unwrap();
+        let direct = with(|p| {
+            p.collapse_id = Some("c".into());
+            p.device_token = other.clone();
+            p.apns_id = Some(id);
+        })
+        .unwrap();
+        assert_eq!(made.device_token(), Some(other.as_str()));
+        assert_eq!(made.apns_id(), Some(id));
+        assert_eq!(made.path, direct.path);
+        let names = |n: &Notification| {
+            let mut v: Vec<_> = n
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&made), names(&direct));
+        assert!(matches!(
+            template.for_device("zz", None),
+            Err(ValidationError::DeviceTokenNotHex { .. })
+        ));
     }
 
     #[test]

@@ -125,6 +125,8 @@ ack_batch = {{ .Values.worker.ackBatch }}
 ack_flush_ms = {{ .Values.worker.ackFlushMs }}
 drain_secs = {{ .Values.worker.drainSecs }}
 max_job_bytes = {{ .Values.worker.maxJobBytes | int64 }}
+max_tokens_per_job = {{ .Values.worker.maxTokensPerJob | int64 }}
+max_notifications_in_flight = {{ .Values.worker.maxNotificationsInFlight | int64 }}
 dedupe_capacity = {{ .Values.worker.dedupeCapacity | int64 }}
 threads = {{ include "apns-worker.threads" . }}
 {{- if not .Values.apps }}
