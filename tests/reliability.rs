@@ -158,7 +158,7 @@ async fn hostile_input_is_dead_lettered_and_the_worker_stays_healthy() {
     }
     let why = |n: &str| by_name[n].header_str("x-error").unwrap();
     assert!(
-        why("huge").contains("over the 65536-byte limit"),
+        why("huge").contains("over the 131072-byte limit"),
         "{}",
         why("huge")
     );

@@ -163,7 +163,15 @@ impl FanOut {
     /// The apns-id of one token's notification: a UUIDv5 of the token under the job's
     /// apns-id, so the same on every attempt of the job.
     pub fn apns_id(job_apns_id: Uuid, token: &str) -> Uuid {
-        Uuid::new_v5(&job_apns_id, token.as_bytes())
+        // `Uuid::new_v5(&job_apns_id, token)`, with ring's SHA-1 (one per notification:
+        // uuid's portable SHA-1 was 9% of a fan-out drain's instructions).
+        let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+        ctx.update(job_apns_id.as_bytes());
+        ctx.update(token.as_bytes());
+        let digest = ctx.finish();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest.as_ref()[..16]);
+        uuid::Builder::from_sha1_bytes(bytes).into_uuid()
     }
 
     /// One token's notification: the job's, to `token`, under the token's apns-id.
@@ -825,6 +833,13 @@ mod tests {
         let n = FanOut::notification(&job, &other).unwrap();
         assert_eq!(n.device_token(), Some(other.as_str()));
         assert_eq!(n.apns_id(), Some(Uuid::new_v5(&job_id, other.as_bytes())));
+        for t in [TOKEN, other.as_str(), "", "ab"] {
+            assert_eq!(
+                FanOut::apns_id(job_id, t),
+                Uuid::new_v5(&job_id, t.as_bytes()),
+                "exactly the UUIDv5"
+            );
+        }
         assert_ne!(
             FanOut::apns_id(job_id, TOKEN),
             FanOut::apns_id(job_id, &other),

@@ -74,6 +74,9 @@ enum Command {
         /// Only the worker's drain: no bare consumer, no latency phase.
         #[arg(long)]
         drain_only: bool,
+        /// Tokens per job (fan-out jobs): --jobs notifications in --jobs / K messages.
+        #[arg(long, default_value_t = 1)]
+        tokens_per_job: u64,
         /// The worker to run: another build to compare with this one, or a wrapper
         /// script that `exec`s one under a profiler (default: the `apns-worker` built
         /// next to this executable).
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
                 concurrency,
                 sweep,
                 drain_only,
+                tokens_per_job,
                 worker_bin,
             } => {
                 if sender_only {
@@ -148,6 +152,7 @@ fn main() -> ExitCode {
                         None => sibling_worker()?,
                     },
                     drain_only,
+                    tokens_per_job,
                 };
                 if let Some(dir) = sweep {
                     bench::sweep(&opts, &dir).await.map_err(|e| e.to_string())?;

@@ -71,12 +71,19 @@ pub struct BenchOptions {
     pub worker_bin: PathBuf,
     /// Skip the bare-consumer and latency phases (the sweep).
     pub drain_only: bool,
+    /// Tokens per job in the drain (a fan-out job of K tokens: `jobs` notifications in
+    /// `jobs / K` messages); 1: single-token jobs.
+    pub tokens_per_job: u64,
 }
 
 /// The figures of one run.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct BenchReport {
+    /// Notifications of the drain.
     pub jobs: u64,
+    /// Tokens per message in the drain and the bare consumer (broker CPU "per message"
+    /// is then per notification: the message's cost shared by its tokens).
+    pub tokens_per_job: u64,
     pub payload_bytes: usize,
     pub prefetch: u16,
     pub connections: usize,
@@ -117,15 +124,31 @@ pub fn job_body(i: u64, payload_bytes: usize, id: &str) -> String {
     .to_string()
 }
 
+/// A fan-out job of `k` tokens, `first` to `first + k - 1`.
+pub fn fanout_body(first: u64, k: u64, payload_bytes: usize, id: &str) -> String {
+    let tokens: Vec<String> = (first..first + k).map(|i| synthetic_token("", i)).collect();
+    json!({"id": id, "device_tokens": tokens, "topic": TOPIC,
+           "payload": synthetic_payload("Benchmark", first, payload_bytes)})
+    .to_string()
+}
+
+/// `n` notifications: `n` single-token jobs, or `n / k` fan-out jobs of `k` tokens.
 async fn publish_all(
     conn: &lapin::Connection,
     queue: &str,
     n: u64,
     bytes: usize,
     prefix: &str,
+    k: u64,
 ) -> Result<(), BenchError> {
-    let jobs = (0..n).map(|i| job_body(i, bytes, &format!("{prefix}-{i}")));
-    apns_worker::publish::publish_jobs(conn, queue, jobs, Some(n), false)
+    let prefix = prefix.to_string();
+    let messages = n / k.max(1);
+    let jobs: Box<dyn Iterator<Item = String> + Send> = if k <= 1 {
+        Box::new((0..n).map(move |i| job_body(i, bytes, &format!("{prefix}-{i}"))))
+    } else {
+        Box::new((0..messages).map(move |m| fanout_body(m * k, k, bytes, &format!("{prefix}-{m}"))))
+    };
+    apns_worker::publish::publish_jobs(conn, queue, jobs, Some(messages), false)
         .await
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     Ok(())
@@ -189,6 +212,14 @@ fn worker_config(
     cfg.broker.prefetch = opts.prefetch;
     cfg.broker.connection_name = Some("apns-worker-bench".into());
     cfg.worker.ack_batch = opts.ack_batch;
+    if opts.tokens_per_job > 1 {
+        let k = opts.tokens_per_job as usize;
+        cfg.worker.max_tokens_per_job = cfg.worker.max_tokens_per_job.max(k);
+        cfg.worker.max_job_bytes = cfg
+            .worker
+            .max_job_bytes
+            .max(k * 70 + opts.payload_bytes * 2 + 4096);
+    }
     cfg.admin.listen = String::new();
     cfg.apps.insert(
         "bench".into(),
@@ -228,6 +259,12 @@ async fn wait_answered(mock: &MockApns, n: u64, within: Duration) -> Result<Inst
 
 /// One full run.
 pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
+    if opts.jobs % opts.tokens_per_job.max(1) != 0 {
+        return Err(BenchError::Setup(format!(
+            "--jobs {} is not a multiple of --tokens-per-job {}",
+            opts.jobs, opts.tokens_per_job
+        )));
+    }
     let (mock, dir) = mock_and_dir("bench").await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("bench.{}.", &id[..8]);
@@ -276,6 +313,7 @@ async fn measure(
     let mut report = BenchReport {
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         jobs: opts.jobs,
+        tokens_per_job: opts.tokens_per_job.max(1),
         payload_bytes: opts.payload_bytes,
         prefetch: opts.prefetch,
         connections: opts.connections,
@@ -300,9 +338,11 @@ async fn measure(
         )
         .await?;
         eprintln!("bench: publishing {} jobs for the bare consumer", opts.jobs);
-        publish_all(conn, bare, opts.jobs, opts.payload_bytes, "bare").await?;
+        let k = opts.tokens_per_job.max(1);
+        publish_all(conn, bare, opts.jobs, opts.payload_bytes, "bare", k).await?;
         let before = CpuMark::now(broker, ticks);
-        let per_sec = bare_consumer(conn, bare, opts.jobs, opts.prefetch).await?;
+        // Messages/s times tokens per message: the notifications/s the broker hands out.
+        let per_sec = bare_consumer(conn, bare, opts.jobs / k, opts.prefetch).await? * k as f64;
         let (me, broker_us, busy) = before.since(&CpuMark::now(broker, ticks), opts.jobs);
         eprintln!("bench: bare consumer {per_sec:.0}/s");
         report.bare_consumer_per_sec = Some(per_sec);
@@ -313,7 +353,15 @@ async fn measure(
 
     // 2. The worker draining a full queue.
     eprintln!("bench: publishing {} jobs for the worker", opts.jobs);
-    publish_all(conn, &q.jobs, opts.jobs, opts.payload_bytes, "drain").await?;
+    publish_all(
+        conn,
+        &q.jobs,
+        opts.jobs,
+        opts.payload_bytes,
+        "drain",
+        opts.tokens_per_job.max(1),
+    )
+    .await?;
     let child = tokio::process::Command::new(&opts.worker_bin)
         .args(["run", "--config"])
         .arg(config)

@@ -10,12 +10,12 @@ pub fn print_table(r: &BenchReport) {
             .unwrap_or_else(|| "-".into())
     };
     println!(
-        "apns-worker bench: {} jobs of {} B, prefetch {}, {} connection(s), ack batch {}",
-        r.jobs, r.payload_bytes, r.prefetch, r.connections, r.ack_batch
+        "apns-worker bench: {} notifications ({} per job) of {} B, prefetch {}, {} connection(s), ack batch {}",
+        r.jobs, r.tokens_per_job, r.payload_bytes, r.prefetch, r.connections, r.ack_batch
     );
     println!(
         "  bare lapin consumer (broker ceiling)  {}",
-        opt(r.bare_consumer_per_sec, "jobs/s")
+        opt(r.bare_consumer_per_sec, "notifications/s")
     );
     println!(
         "  worker drain                          {:.0} notifications/s",
@@ -36,8 +36,13 @@ pub fn print_table(r: &BenchReport) {
         r.mock_cpu_us_per_notification
     );
     if let Some(b) = r.broker_cpu_us_per_message_drain {
+        let per = if r.tokens_per_job > 1 {
+            "notification"
+        } else {
+            "message     "
+        };
         println!(
-            "  broker CPU per message                {b:.1} µs in the drain{}",
+            "  broker CPU per {per}           {b:.1} µs in the drain{}",
             r.broker_cpu_us_per_message_bare
                 .map(|x| format!(", {x:.1} µs with the bare consumer"))
                 .unwrap_or_default()
