@@ -296,3 +296,69 @@ async fn hostile_fan_out_jobs_are_dead_lettered_with_the_exact_problem() {
     }
     broker::delete_topology(&conn, &q, &cfg.retry).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_loss_mid_job_resends_only_the_tokens_without_an_answer() {
+    logs();
+    let faults = Faults {
+        latency_ms: 100,
+        ..Faults::default()
+    };
+    let m = mock(faults).await;
+    let q = broker::topology("fanout-loss");
+    let name = format!("fanout-loss-{}", Uuid::new_v4().simple());
+    let mut cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 1))]);
+    cfg.broker.connection_name = Some(name.clone());
+    cfg.broker.reconnect_min_ms = 50;
+    cfg.broker.reconnect_max_ms = 200;
+    cfg.worker.max_notifications_in_flight = 20;
+    let conn = broker::connect().await;
+    let w = broker::start(cfg.clone()).await;
+    let tokens: Vec<String> = (0..1000).map(|i| token("0000", i)).collect();
+    let job = json!({"id": "loss-1", "device_tokens": tokens, "topic": TOPIC,
+        "payload": {"aps": {"alert": "x"}}})
+    .to_string();
+    broker::publish_jobs(&conn, &q.jobs, vec![job]).await;
+    // The job takes 5 s (20 tokens at a time, 100 ms each). Once a tenth is answered,
+    // the broker closes the worker's connection (rabbitmqctl takes a second or two),
+    // with most tokens still waiting for a permit.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while m.mock.stats().answered < 100 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        broker::rabbitmqctl_close(&name),
+        "the worker's connection was closed"
+    );
+    let at_close = m.mock.stats().answered;
+    assert!(at_close < 1000, "the job was still under way: {at_close}");
+    w.wait_until("reconnected", Duration::from_secs(30), |s| {
+        s.broker_sessions >= 2
+    })
+    .await;
+    w.wait_until("every token delivered", Duration::from_secs(60), |s| {
+        s.delivered == 1000
+    })
+    .await;
+    w.wait_drained(&conn, &q, &cfg.retry, Duration::from_secs(30))
+        .await;
+    let summary = w.stop().await;
+    let mut sends: BTreeMap<String, u32> = BTreeMap::new();
+    for r in m.mock.received() {
+        *sends.entry(r.device_token).or_default() += 1;
+    }
+    assert_eq!(sends.len(), 1000, "every token sent");
+    let twice: Vec<_> = sends.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.is_empty(),
+        "tokens answered before the loss are settled from memory, not sent again: {} sent twice ({summary:?})",
+        twice.len()
+    );
+    assert!(
+        summary.withdrawn > 0,
+        "tokens waiting for a permit were withdrawn: {summary:?}"
+    );
+    assert_eq!(broker::depth(&conn, &q.jobs).await, 0);
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}

@@ -251,31 +251,6 @@ async fn broker_loss_mid_run_loses_nothing_and_readiness_follows() {
     broker::delete_topology(&conn, &q, &cfg.retry).await;
 }
 
-fn rabbitmqctl_close(connection_name: &str) -> bool {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "pid",
-            "client_properties",
-            "-q",
-            "--no-table-headers",
-        ])
-        .output()
-        .expect("rabbitmqctl is installed with RabbitMQ");
-    let listing = String::from_utf8_lossy(&out.stdout);
-    let needle = format!("\"{connection_name}\"");
-    let mut closed = false;
-    for line in listing.lines().filter(|l| l.contains(&needle)) {
-        let pid = line.split('\t').next().unwrap();
-        closed |= std::process::Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "chaos test"])
-            .output()
-            .map(|o| o.status.success())
-            .unwrap_or(false);
-    }
-    closed
-}
-
 /// 100,000 jobs, GOAWAY every 3,000 requests, 1% 503, 0.5% stream resets, latency
 /// spikes, the broker connection closed by the broker and cut on the network.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -329,7 +304,7 @@ async fn chaos_reconciliation() {
         })
         .await;
         match how {
-            "broker" => closes += rabbitmqctl_close(&name) as u32,
+            "broker" => closes += broker::rabbitmqctl_close(&name) as u32,
             _ => {
                 proxy.drop_connections();
                 closes += 1;

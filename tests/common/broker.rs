@@ -302,3 +302,29 @@ impl Running {
         self.task.await.expect("worker task")
     }
 }
+
+/// Close this test's own broker connections, by connection name (never another's).
+pub fn rabbitmqctl_close(connection_name: &str) -> bool {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            "--no-table-headers",
+        ])
+        .output()
+        .expect("rabbitmqctl is installed with RabbitMQ");
+    let listing = String::from_utf8_lossy(&out.stdout);
+    let needle = format!("\"{connection_name}\"");
+    let mut closed = false;
+    for line in listing.lines().filter(|l| l.contains(&needle)) {
+        let pid = line.split('\t').next().unwrap();
+        closed |= std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "chaos test"])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
+    }
+    closed
+}
