@@ -599,3 +599,60 @@ async fn a_failed_publish_is_not_an_ack() {
         .await;
     broker::delete_topology(&conn, &q, &cfg.retry).await;
 }
+
+/// Retries come back ahead of the backlog: a job answered 503 once, at the head of a
+/// 30,000-job queue, is sent again after its delay while most of the backlog still
+/// waits (the delay queues expire into the ready queue, consumed beside the jobs queue
+/// with its own prefetch), not after the whole backlog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_comes_back_ahead_of_the_backlog() {
+    logs();
+    let faults = Faults {
+        rules: vec![rule("c503", 503, "ServiceUnavailable", Some(1))],
+        latency_ms: 2,
+        ..Faults::default()
+    };
+    let m = mock(faults).await;
+    let q = broker::topology("ahead");
+    let mut cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 1))]);
+    // About 10,000 notifications a second: the backlog takes about 3 s.
+    cfg.worker.max_notifications_in_flight = 20;
+    let conn = broker::connect().await;
+    let n = 30_000u64;
+    // The whole backlog is queued before the worker starts, the flaky job at its head.
+    let ch = conn.create_channel().await.unwrap();
+    apns_worker::amqp::declare_topology(&ch, &q, &cfg.retry)
+        .await
+        .unwrap();
+    let mut jobs = vec![job(&token("c503", 1), "flaky")];
+    jobs.extend((0..n).map(|i| job(&token("0000", i), &format!("backlog-{i}"))));
+    broker::publish_jobs(&conn, &q.jobs, jobs).await;
+    let w = broker::start(cfg.clone()).await;
+    w.wait_until("all delivered", Duration::from_secs(120), |s| {
+        s.delivered == n + 1
+    })
+    .await;
+    let summary = w.stop().await;
+    let received = m.mock.received();
+    let flaky = token("c503", 1);
+    let sends: Vec<(usize, std::time::Instant)> = received
+        .iter()
+        .enumerate()
+        .filter(|(_, r)| r.device_token == flaky)
+        .map(|(i, r)| (i, r.at))
+        .collect();
+    assert_eq!(sends.len(), 2, "{summary:?}");
+    let gap = sends[1].1 - sends[0].1;
+    let after = received.len() - sends[1].0;
+    // fast_retry: the first retry waits at most 100 ms.
+    assert!(
+        gap <= Duration::from_millis(100 + 1000),
+        "the retry came back {gap:?} after its first send"
+    );
+    assert!(
+        after > (n / 2) as usize,
+        "most of the backlog was sent after the retry: {after} of {n}"
+    );
+    eprintln!("retry after {gap:?}, {after} of {n} backlog jobs sent after it");
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}

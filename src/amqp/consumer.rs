@@ -278,51 +278,74 @@ fn control_value(v: &AMQPValue) -> Value<'_> {
     }
 }
 
-/// The consuming side of one connection.
+/// The consuming side of one connection: one channel, one consumer per queue, each
+/// with its own prefetch (`basic.qos` with `global = false` applies to the consumers
+/// started after it), their deliveries merged.
 pub struct Consumer {
     pub channel: Channel,
-    consumer: lapin::Consumer,
-    tag: String,
+    consumers: Vec<lapin::Consumer>,
+    tags: Vec<String>,
 }
 
 impl Consumer {
+    /// Consume each `(queue, prefetch)`; consumer tags are `<tag>-<n>`.
     pub async fn start(
         conn: &Connection,
-        queue: &str,
-        prefetch: u16,
+        queues: &[(&str, u16)],
         tag: String,
     ) -> Result<Consumer, AmqpError> {
         let channel = conn.create_channel().await.map_err(AmqpError::Channel)?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await
-            .map_err(AmqpError::Channel)?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-            .map_err(|source| AmqpError::Consume {
-                queue: queue.into(),
-                source,
-            })?;
+        let mut consumers = Vec::with_capacity(queues.len());
+        let mut tags = Vec::with_capacity(queues.len());
+        for (n, (queue, prefetch)) in queues.iter().enumerate() {
+            channel
+                .basic_qos(*prefetch, BasicQosOptions::default())
+                .await
+                .map_err(AmqpError::Channel)?;
+            let tag = format!("{tag}-{n}");
+            let consumer = channel
+                .basic_consume(
+                    (*queue).into(),
+                    tag.as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|source| AmqpError::Consume {
+                    queue: (*queue).into(),
+                    source,
+                })?;
+            consumers.push(consumer);
+            tags.push(tag);
+        }
         Ok(Consumer {
             channel,
-            consumer,
-            tag,
+            consumers,
+            tags,
         })
     }
 
-    /// The next delivery; `Err` when the channel or connection is gone, `None` when
-    /// the broker cancelled the consumer (queue deleted).
+    /// The next delivery of any of the queues, the first queue given first when
+    /// several have one ready; `Err` when the channel or connection is gone, `None` when
+    /// the broker cancelled one of the consumers (its queue deleted).
     pub async fn next(&mut self) -> Option<Result<Incoming, AmqpError>> {
-        match self.consumer.next().await? {
-            Ok(d) => Some(Ok(Incoming::from_delivery(d))),
-            Err(e) => Some(Err(AmqpError::Lost(e.to_string()))),
-        }
+        let consumers = &mut self.consumers;
+        std::future::poll_fn(|cx| {
+            for c in consumers.iter_mut() {
+                match c.poll_next_unpin(cx) {
+                    std::task::Poll::Ready(Some(Ok(d))) => {
+                        return std::task::Poll::Ready(Some(Ok(Incoming::from_delivery(d))));
+                    }
+                    std::task::Poll::Ready(Some(Err(e))) => {
+                        return std::task::Poll::Ready(Some(Err(AmqpError::Lost(e.to_string()))));
+                    }
+                    std::task::Poll::Ready(None) => return std::task::Poll::Ready(None),
+                    std::task::Poll::Pending => {}
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
     }
 
     /// Close the consuming channel (after its acks were sent).
@@ -336,9 +359,11 @@ impl Consumer {
 
     /// Stop receiving deliveries (unacked ones stay ours to settle).
     pub async fn cancel(&self) {
-        let _ = self
-            .channel
-            .basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default())
-            .await;
+        for tag in &self.tags {
+            let _ = self
+                .channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
     }
 }

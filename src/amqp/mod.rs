@@ -16,7 +16,7 @@ pub use consumer::{Consumer, Incoming};
 pub use publisher::{PublishError, Publisher, event_props, job_props};
 pub use topology::{
     Argument, Declaration, Entity, ExchangeType, Topology, declare_topology, delay_queue_name,
-    delete_entities, plan as topology_plan,
+    delete_entities, plan as topology_plan, ready_prefetch, ready_queue_name,
 };
 
 #[derive(Debug, thiserror::Error)]

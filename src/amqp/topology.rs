@@ -1,5 +1,6 @@
 //! The topology the worker uses: the jobs queue, its dead-letter exchange and queue,
-//! the cleanup exchange and queue, and the delay queues of retries. Declared the same
+//! the cleanup exchange and queue, the delay queues of retries and the ready queue they
+//! expire into. Declared the same
 //! way every time (idempotent); named in one place, so whoever deletes a test's or a
 //! demo's topology deletes exactly what was declared.
 
@@ -14,9 +15,24 @@ use super::{AmqpError, long, text};
 use crate::config::{QueueSettings, QueueType, RetrySettings};
 use crate::settle::delay_levels;
 
-/// Name of the delay queue for `level_ms`.
+/// Name of the delay queue for `level_ms`: `<retry_prefix>.<ms>ms`. (Before the ready
+/// queue, delay queues were `<retry_prefix>.<ms>` and expired into the jobs queue; new
+/// names, so that a running deployment's old delay queues, declared with the old
+/// dead-letter target, are not re-declared with another: RabbitMQ would refuse it.)
 pub fn delay_queue_name(q: &QueueSettings, level_ms: u64) -> String {
-    format!("{}.{level_ms}", q.retry_prefix)
+    format!("{}.{level_ms}ms", q.retry_prefix)
+}
+
+/// Name of the ready queue, `<retry_prefix>.ready`: where delay-queue copies expire
+/// into, consumed beside the jobs queue with a prefetch of its own, so that a retry
+/// that is due does not wait behind the jobs queue's backlog.
+pub fn ready_queue_name(q: &QueueSettings) -> String {
+    format!("{}.ready", q.retry_prefix)
+}
+
+/// Prefetch of the ready queue's consumer: a quarter of the jobs queue's, at least 1.
+pub fn ready_prefetch(prefetch: u16) -> u16 {
+    (prefetch / 4).max(1)
 }
 
 /// A queue argument's value: the two forms the topology uses.
@@ -115,7 +131,8 @@ pub fn plan(q: &QueueSettings, r: &RetrySettings) -> Vec<Declaration> {
             Argument::Int(i64::from(q.delivery_limit)),
         ));
     }
-    d.push(queue(&q.jobs, jobs_extra));
+    d.push(queue(&q.jobs, jobs_extra.clone()));
+    d.push(queue(&ready_queue_name(q), jobs_extra));
     for (ex, qu) in [
         (&q.cleanup_exchange, &q.cleanup_queue),
         (&q.environment_exchange, &q.environment_queue),
@@ -132,7 +149,7 @@ pub fn plan(q: &QueueSettings, r: &RetrySettings) -> Vec<Declaration> {
             vec![
                 ("x-message-ttl", Argument::Int(level as i64)),
                 ("x-dead-letter-exchange", text("")),
-                ("x-dead-letter-routing-key", text(&q.jobs)),
+                ("x-dead-letter-routing-key", text(&ready_queue_name(q))),
             ],
         ));
     }
@@ -255,7 +272,11 @@ impl Topology<'_> {
     /// and the delay queues.
     pub fn queue_names(&self) -> Vec<String> {
         let q = self.queues;
-        let mut names = vec![q.jobs.clone(), q.dead_letter_queue.clone()];
+        let mut names = vec![
+            q.jobs.clone(),
+            ready_queue_name(q),
+            q.dead_letter_queue.clone(),
+        ];
         for extra in [&q.cleanup_queue, &q.environment_queue] {
             if !extra.is_empty() {
                 names.push(extra.clone());

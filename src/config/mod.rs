@@ -273,7 +273,8 @@ pub struct QueueSettings {
     pub environment_exchange: String,
     /// Declared and bound to the environment exchange. Empty: not declared.
     pub environment_queue: String,
-    /// Delay queues are named `<retry_prefix>.<delay ms>`.
+    /// Delay queues are named `<retry_prefix>.<delay ms>ms`; they expire into the ready
+    /// queue `<retry_prefix>.ready`.
     pub retry_prefix: String,
     /// Declare the topology at start (idempotent). Off: it must already exist.
     pub declare: bool,

@@ -4,7 +4,7 @@
 //! without an id, `x-apns-id`; RabbitMQ moves it back to the jobs queue when its TTL
 //! expires, and records that move in `x-death`. Those headers are trusted only on a
 //! message whose newest `x-death` entry says it expired in one of this worker's delay
-//! queues (`<retry_prefix>.<ms>`). On any other message (a new job, a producer that set
+//! queues (`<retry_prefix>.<ms>ms`). On any other message (a new job, a producer that set
 //! the headers itself, a dead letter replayed by a shovel or by hand) they are ignored:
 //! it is a new job, sent from attempt 1.
 //!
@@ -79,11 +79,13 @@ pub struct ControlError {
     pub found: String,
 }
 
-/// Is `queue` one of the delay queues named `<retry_prefix>.<ms>`?
+/// Is `queue` one of the delay queues, named `<retry_prefix>.<ms>ms` (or, before the
+/// ready queue, `<retry_prefix>.<ms>`: copies still in those during an upgrade)?
 pub fn is_delay_queue(queue: &str, retry_prefix: &str) -> bool {
     queue
         .strip_prefix(retry_prefix)
         .and_then(|rest| rest.strip_prefix('.'))
+        .map(|ms| ms.strip_suffix("ms").unwrap_or(ms))
         .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
 }
 
@@ -304,6 +306,9 @@ mod tests {
     #[test]
     fn delay_queue_names() {
         assert!(is_delay_queue("apns.jobs.retry.1000", "apns.jobs.retry"));
+        assert!(is_delay_queue("apns.jobs.retry.1000ms", "apns.jobs.retry"));
+        assert!(!is_delay_queue("apns.jobs.retry.ms", "apns.jobs.retry"));
+        assert!(!is_delay_queue("apns.jobs.retry.ready", "apns.jobs.retry"));
         assert!(!is_delay_queue("apns.jobs.retry.", "apns.jobs.retry"));
         assert!(!is_delay_queue("apns.jobs.retry1000", "apns.jobs.retry"));
         assert!(!is_delay_queue("apns.jobs.retry.10.5", "apns.jobs.retry"));

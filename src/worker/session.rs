@@ -138,20 +138,27 @@ async fn consume(
         w.cfg.broker.connection_name(),
         uuid::Uuid::new_v4()
     );
-    let mut consumer =
-        match Consumer::start(conn, &w.cfg.queues.jobs, w.cfg.broker.prefetch, tag).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot consume");
-                return End::Lost(JoinSet::new());
-            }
-        };
+    // The ready queue first: retries that are due, with a prefetch of their own, so the
+    // jobs queue's backlog cannot hold them back.
+    let ready = amqp::ready_queue_name(&w.cfg.queues);
+    let prefetch = w.cfg.broker.prefetch;
+    let queues = [
+        (ready.as_str(), amqp::ready_prefetch(prefetch)),
+        (w.cfg.queues.jobs.as_str(), prefetch),
+    ];
+    let mut consumer = match Consumer::start(conn, &queues, tag).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot consume");
+            return End::Lost(JoinSet::new());
+        }
+    };
     let ws = &w.cfg.worker;
     let acker = Acker::spawn(
         consumer.channel.clone(),
         ws.ack_batch,
         Duration::from_millis(ws.ack_flush_ms),
-        usize::from(w.cfg.broker.prefetch) / 2,
+        usize::from(prefetch) / 2,
     );
     w.health.consuming.store(true, Ordering::Relaxed);
     // The connection's own events: its failure is known here first (before the

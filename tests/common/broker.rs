@@ -269,7 +269,7 @@ impl Running {
         within: Duration,
     ) {
         let deadline = tokio::time::Instant::now() + within;
-        let mut queues = vec![q.jobs.clone()];
+        let mut queues = vec![q.jobs.clone(), amqp::ready_queue_name(q)];
         queues.extend(
             delay_levels(r)
                 .into_iter()
