@@ -362,3 +362,61 @@ async fn a_broker_loss_mid_job_resends_only_the_tokens_without_an_answer() {
     assert_eq!(broker::depth(&conn, &q.jobs).await, 0);
     broker::delete_topology(&conn, &q, &cfg.retry).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_settles_the_answered_tokens_and_hands_on_the_rest() {
+    logs();
+    let faults = Faults {
+        latency_ms: 100,
+        ..Faults::default()
+    };
+    let m = mock(faults).await;
+    let q = broker::topology("fanout-drain");
+    let mut cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 1))]);
+    cfg.worker.max_notifications_in_flight = 20;
+    cfg.worker.drain_secs = 10;
+    let conn = broker::connect().await;
+    let first = broker::start(cfg.clone()).await;
+    let tokens: Vec<String> = (0..1000).map(|i| token("0000", i)).collect();
+    let job = json!({"id": "drain-1", "device_tokens": tokens, "topic": TOPIC,
+        "payload": {"aps": {"alert": "x"}}})
+    .to_string();
+    broker::publish_jobs(&conn, &q.jobs, vec![job]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while m.mock.stats().answered < 100 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // SIGTERM's path: the job stops starting sends, its sends in flight finish, and the
+    // message is settled: answered tokens done, the rest one child job.
+    let stopped = tokio::time::Instant::now();
+    let s1 = first.stop().await;
+    assert!(
+        stopped.elapsed() < Duration::from_secs(5),
+        "the drain did not wait for the whole job: {:?}",
+        stopped.elapsed()
+    );
+    assert!(s1.delivered >= 100 && s1.delivered < 1000, "{s1:?}");
+    assert_eq!(s1.parked, 1000 - s1.delivered, "the rest handed on: {s1:?}");
+    assert_eq!(s1.requeued, 0, "{s1:?}");
+    let second = broker::start(cfg.clone()).await;
+    second
+        .wait_until("the rest delivered", Duration::from_secs(60), |s| {
+            s.delivered == 1000 - s1.delivered
+        })
+        .await;
+    second
+        .wait_drained(&conn, &q, &cfg.retry, Duration::from_secs(30))
+        .await;
+    second.stop().await;
+    let mut sends: BTreeMap<String, u32> = BTreeMap::new();
+    for r in m.mock.received() {
+        *sends.entry(r.device_token).or_default() += 1;
+    }
+    assert_eq!(sends.len(), 1000, "every token sent");
+    assert!(
+        sends.values().all(|n| *n == 1),
+        "no token sent twice across the restart"
+    );
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}

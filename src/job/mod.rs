@@ -155,7 +155,7 @@ pub struct Job {
 pub struct FanOut {
     pub tokens: Vec<String>,
     pub refused: Vec<(String, ValidationError)>,
-    /// Tokens given more than once (each is sent once).
+    /// Tokens given more than once, in any case of their hex digits (each is sent once).
     pub repeats: usize,
 }
 
@@ -313,7 +313,8 @@ fn fan_out(given: Vec<String>, max: usize) -> Result<FanOut, JobError> {
         repeats: 0,
     };
     for t in given {
-        if !seen.insert(t.clone()) {
+        // Hex digits in either case name the same token.
+        if !seen.insert(t.to_ascii_lowercase()) {
             out.repeats += 1;
             continue;
         }
@@ -817,12 +818,13 @@ mod tests {
     fn fan_out_jobs_send_each_valid_token_once() {
         let other = "ab".repeat(32);
         let json = format!(
-            r#"{{"id":"c-1","device_tokens":["{TOKEN}","zz","{other}","{TOKEN}","abc"],"app":"shop","payload":{{"aps":{{"alert":"x"}}}}}}"#
+            r#"{{"id":"c-1","device_tokens":["{TOKEN}","zz","{other}","{TOKEN}","abc","{}"],"app":"shop","payload":{{"aps":{{"alert":"x"}}}}}}"#,
+            other.to_ascii_uppercase()
         );
         let job = dec(&json).unwrap();
         let f = job.fanout.clone().unwrap();
         assert_eq!(f.tokens, vec![TOKEN.to_string(), other.clone()]);
-        assert_eq!(f.repeats, 1);
+        assert_eq!(f.repeats, 2, "the same token in upper case is a repeat");
         let refused: Vec<_> = f.refused.iter().map(|(t, _)| t.as_str()).collect();
         assert_eq!(refused, vec!["zz", "abc"]);
         assert!(matches!(

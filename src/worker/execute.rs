@@ -268,7 +268,19 @@ pub async fn carry_out_fanout(
                 state,
                 ("x-apns-parked", HeaderValue::Text(reason.clone())),
             ),
-            _ => continue,
+            Settlement::AwaitConfig {
+                waits,
+                delay,
+                reason,
+            } => (
+                *delay,
+                CopyState {
+                    config_waits: *waits,
+                    ..state
+                },
+                ("x-apns-parked", HeaderValue::Text((*reason).to_string())),
+            ),
+            other => unreachable!("fan_in groups only retries and parks here, not {other:?}"),
         };
         work.push(Box::pin(async move {
             to_delay_queue(s, q, inc, &body, delay, state, stamp, header).await

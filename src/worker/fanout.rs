@@ -2,6 +2,8 @@
 //! replica's send bound, each token's settlement decided as a single job's would be,
 //! and the message settled once from all of them (`settle::fan_in`).
 
+use std::sync::atomic::Ordering;
+
 use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
 
@@ -69,11 +71,14 @@ pub(super) async fn process(
     let carried_out =
         execute::carry_out_fanout(s, &w.cfg.queues, &w.recent, &settling, &plan, &keys, guard)
             .await;
-    let requeued = Settlement::Requeue {
-        reason: "SessionLost",
-    };
     let published_at_ms = delivery::published_at_ms(inc);
     for r in &rows {
+        // A requeued message is settled for none of its tokens: the withdrawn ones are
+        // reported as such; the answered ones are reported when the redelivery is
+        // settled from their remembered answers.
+        if plan.requeue && !matches!(r.decision.settlement, Settlement::Requeue { .. }) {
+            continue;
+        }
         w.observer.delivery(&Report {
             app: Some(&job.app),
             apns_id: r
@@ -88,12 +93,7 @@ pub(super) async fn process(
             published_at_ms,
             remembered: r.decision.remembered,
             sent: r.decision.sent.as_ref(),
-            // A requeued message is settled for none of its tokens.
-            settlement: if plan.requeue {
-                &requeued
-            } else {
-                &r.decision.settlement
-            },
+            settlement: &r.decision.settlement,
             carried_out: &carried_out,
         });
     }
@@ -124,6 +124,27 @@ async fn send_all<'a>(
     let mut next = tokens.iter();
     let mut upcoming = next.next();
     loop {
+        // Shutting down: no new sends. The tokens not sent yet go on as one child job
+        // (a park in the shortest delay queue, not an attempt) for another replica, so
+        // the answered ones are settled now, not sent again after a requeue.
+        if upcoming.is_some() && w.health.draining.load(Ordering::Relaxed) {
+            let level_ms = settle::delay_levels(&w.cfg.retry)[0];
+            let delay = settle::DelayQueue {
+                level_ms,
+                ttl_ms: level_ms,
+            };
+            for token in upcoming.into_iter().chain(next.by_ref()) {
+                rows.push(Row {
+                    token,
+                    key: None,
+                    decision: Decision::unsent(Settlement::Park {
+                        delay,
+                        reason: "Draining".into(),
+                    }),
+                });
+            }
+            upcoming = None;
+        }
         match upcoming {
             Some(token) => {
                 tokio::select! {
@@ -131,6 +152,10 @@ async fn send_all<'a>(
                     Some(row) = pending.next(), if !pending.is_empty() => rows.push(row),
                     permit = w.sends.acquire() => {
                         let permit = permit.expect("the send bound is never closed");
+                        if w.health.draining.load(Ordering::Relaxed) {
+                            // Looked at again at the top of the loop.
+                            continue;
+                        }
                         pending.push(async move {
                             let _permit = permit;
                             one(w, s, inc, job, token, ctl, consult).await

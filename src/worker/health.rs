@@ -16,6 +16,9 @@ pub struct Health {
     pub consuming: AtomicBool,
     /// Deliveries being processed now (all sessions).
     pub in_flight: AtomicUsize,
+    /// Shutting down: fan-out jobs start no more sends; their unsent tokens go on as a
+    /// child job for another replica.
+    pub draining: AtomicBool,
 }
 
 fn gauge(name: &'static str, help: &'static str, samples: Vec<Sample>) -> Snapshot {

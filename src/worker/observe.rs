@@ -57,7 +57,10 @@ pub struct Observer {
 
 /// A short prefix of a device token, enough to correlate logs without exposing it.
 pub fn token_prefix(t: &str) -> &str {
-    &t[..t.len().min(8)]
+    // By characters: a refused token of a fan-out job may hold any (a byte cut
+    // through a character panicked).
+    let end = t.char_indices().nth(8).map_or(t.len(), |(i, _)| i);
+    &t[..end]
 }
 
 fn now_ms() -> u64 {
@@ -78,6 +81,7 @@ const OWN_REASONS: &[&str] = &[
     "Unknown",
     "UnknownApp",
     "UnknownTopic",
+    "Draining",
 ];
 
 /// A reason as a metric label (and a summary key): one of APNs' documented reasons, one
@@ -292,6 +296,15 @@ impl Observer {
 #[cfg(test)]
 mod tests {
     use super::bounded_reason;
+
+    #[test]
+    fn a_token_prefix_is_eight_characters_whatever_they_are() {
+        use super::token_prefix;
+        assert_eq!(token_prefix("00fc13adff785122"), "00fc13ad");
+        assert_eq!(token_prefix("abcdefgé0000"), "abcdefgé");
+        assert_eq!(token_prefix("ééééééééé"), "éééééééé");
+        assert_eq!(token_prefix("ab"), "ab");
+    }
 
     #[test]
     fn metric_reasons_are_a_bounded_set() {

@@ -217,6 +217,7 @@ async fn consume(
 async fn drain(w: &Worker, consumer: &Consumer, acker: &Acker, mut tasks: JoinSet<()>) {
     consumer.cancel().await;
     w.health.consuming.store(false, Ordering::Relaxed);
+    w.health.draining.store(true, Ordering::Relaxed);
     let deadline = Duration::from_secs(w.cfg.worker.drain_secs);
     tracing::info!(
         in_flight = tasks.len(),
