@@ -656,3 +656,74 @@ async fn a_retry_comes_back_ahead_of_the_backlog() {
     eprintln!("retry after {gap:?}, {after} of {n} backlog jobs sent after it");
     broker::delete_topology(&conn, &q, &cfg.retry).await;
 }
+
+/// The urgent lane: while 6,000 bulk jobs drain (30 sends at a time), urgent jobs
+/// published to `queues.urgent` reach APNs within a send or two, not behind the bulk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn urgent_jobs_are_not_behind_the_bulk_backlog() {
+    logs();
+    let faults = Faults {
+        latency_ms: 20,
+        ..Faults::default()
+    };
+    let m = mock(faults).await;
+    let mut q = broker::topology("lanes");
+    q.urgent = format!("{}.urgent", q.jobs);
+    let mut cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 1))]);
+    cfg.worker.max_notifications_in_flight = 40;
+    cfg.worker.urgent_reserved = 10;
+    let conn = broker::connect().await;
+    let ch = conn.create_channel().await.unwrap();
+    apns_worker::amqp::declare_topology(&ch, &q, &cfg.retry)
+        .await
+        .unwrap();
+    let n = 6_000u64;
+    broker::publish_jobs(
+        &conn,
+        &q.jobs,
+        (0..n)
+            .map(|i| job(&token("0000", i), &format!("bulk-{i}")))
+            .collect(),
+    )
+    .await;
+    let w = broker::start(cfg.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while m.mock.stats().answered < 300 {
+        assert!(tokio::time::Instant::now() < deadline, "no progress");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let mut published = BTreeMap::new();
+    for i in 0..20u64 {
+        let t = token("9999", i);
+        broker::publish_jobs(&conn, &q.urgent, vec![job(&t, &format!("urgent-{i}"))]).await;
+        published.insert(t, std::time::Instant::now());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.wait_until("all delivered", Duration::from_secs(60), |s| {
+        s.delivered == n + 20
+    })
+    .await;
+    w.stop().await;
+    let received = m.mock.received();
+    let mut worst = Duration::ZERO;
+    let mut last_urgent = 0;
+    for (i, r) in received.iter().enumerate() {
+        if let Some(at) = published.get(&r.device_token) {
+            worst = worst.max(r.at.saturating_duration_since(*at));
+            last_urgent = i;
+        }
+    }
+    let bulk_after = received.len() - 1 - last_urgent;
+    eprintln!(
+        "urgent: worst publish -> APNs {worst:?}; {bulk_after} bulk jobs sent after the last urgent one"
+    );
+    assert!(
+        worst < Duration::from_millis(500),
+        "an urgent job waited {worst:?}"
+    );
+    assert!(
+        bulk_after > 2_000,
+        "the bulk backlog was still draining: {bulk_after} after the last urgent job"
+    );
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}

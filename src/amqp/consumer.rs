@@ -16,15 +16,21 @@ use crate::job::control::{Headers, Value};
 /// One delivery, reduced to what the worker needs; the lapin types stay here.
 pub struct Incoming {
     pub tag: u64,
+    /// Which of the consumer's queues it came from (their order at start).
+    pub source: usize,
+    /// Taken from the urgent lane's queue.
+    pub urgent: bool,
     pub redelivered: bool,
     pub body: Bytes,
     pub props: BasicProperties,
 }
 
 impl Incoming {
-    fn from_delivery(d: Delivery) -> Incoming {
+    fn from_delivery(d: Delivery, source: usize) -> Incoming {
         Incoming {
             tag: d.delivery_tag,
+            source,
+            urgent: false,
             redelivered: d.redelivered,
             body: Bytes::from(d.data),
             props: d.properties,
@@ -331,10 +337,12 @@ impl Consumer {
     pub async fn next(&mut self) -> Option<Result<Incoming, AmqpError>> {
         let consumers = &mut self.consumers;
         std::future::poll_fn(|cx| {
-            for c in consumers.iter_mut() {
+            for (source, c) in consumers.iter_mut().enumerate() {
                 match c.poll_next_unpin(cx) {
                     std::task::Poll::Ready(Some(Ok(d))) => {
-                        return std::task::Poll::Ready(Some(Ok(Incoming::from_delivery(d))));
+                        return std::task::Poll::Ready(Some(Ok(Incoming::from_delivery(
+                            d, source,
+                        ))));
                     }
                     std::task::Poll::Ready(Some(Err(e))) => {
                         return std::task::Poll::Ready(Some(Err(AmqpError::Lost(e.to_string()))));

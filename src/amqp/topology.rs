@@ -132,6 +132,9 @@ pub fn plan(q: &QueueSettings, r: &RetrySettings) -> Vec<Declaration> {
         ));
     }
     d.push(queue(&q.jobs, jobs_extra.clone()));
+    if !q.urgent.is_empty() {
+        d.push(queue(&q.urgent, jobs_extra.clone()));
+    }
     d.push(queue(&ready_queue_name(q), jobs_extra));
     for (ex, qu) in [
         (&q.cleanup_exchange, &q.cleanup_queue),
@@ -277,6 +280,9 @@ impl Topology<'_> {
             ready_queue_name(q),
             q.dead_letter_queue.clone(),
         ];
+        if !q.urgent.is_empty() {
+            names.push(q.urgent.clone());
+        }
         for extra in [&q.cleanup_queue, &q.environment_queue] {
             if !extra.is_empty() {
                 names.push(extra.clone());

@@ -72,6 +72,11 @@ impl Config {
         if w.max_tokens_per_job == 0 || w.max_tokens_per_job > 100_000 {
             return Err(invalid("worker.max_tokens_per_job must be 1 to 100000"));
         }
+        if !self.queues.urgent.is_empty() && w.urgent_reserved >= w.max_notifications_in_flight {
+            return Err(invalid(
+                "worker.urgent_reserved must be below worker.max_notifications_in_flight (the bulk lane needs some)",
+            ));
+        }
         if w.max_notifications_in_flight == 0 {
             return Err(invalid(
                 "worker.max_notifications_in_flight must be at least 1 (it bounds sends in flight)",

@@ -273,6 +273,9 @@ pub struct QueueSettings {
     pub environment_exchange: String,
     /// Declared and bound to the environment exchange. Empty: not declared.
     pub environment_queue: String,
+    /// The urgent lane: a second jobs queue, consumed first, with send capacity of its
+    /// own (`worker.urgent_reserved`). Empty: no urgent lane.
+    pub urgent: String,
     /// Delay queues are named `<retry_prefix>.<delay ms>ms`; they expire into the ready
     /// queue `<retry_prefix>.ready`.
     pub retry_prefix: String,
@@ -293,6 +296,7 @@ impl Default for QueueSettings {
             environment_exchange: "apns.environment-mismatch".into(),
             environment_queue: "apns.environment-mismatch".into(),
             retry_prefix: "apns.jobs.retry".into(),
+            urgent: String::new(),
             declare: true,
         }
     }
@@ -363,6 +367,9 @@ pub struct WorkerSettings {
     /// Notifications being sent at once by this replica, over all its jobs: a fan-out
     /// job sends its tokens within it (prefetch bounds messages, this bounds sends).
     pub max_notifications_in_flight: usize,
+    /// With an urgent lane (`queues.urgent`): sends of `max_notifications_in_flight`
+    /// that the bulk lane (the jobs and ready queues) never takes.
+    pub urgent_reserved: usize,
     /// Remember the outcomes of this many recent notifications, so a job redelivered
     /// after a broker reconnect is settled without being sent twice.
     pub dedupe_capacity: usize,
@@ -386,6 +393,7 @@ impl Default for WorkerSettings {
             max_job_bytes: 128 * 1024,
             max_tokens_per_job: crate::job::DEFAULT_MAX_TOKENS,
             max_notifications_in_flight: 2000,
+            urgent_reserved: 200,
             dedupe_capacity: 20_000,
             threads: 1,
             allow_no_apps: false,

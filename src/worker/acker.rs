@@ -64,10 +64,25 @@ impl Drop for Guard {
 }
 
 /// The pure bookkeeping: tags in arrival order and how each was settled.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Window {
     entries: VecDeque<(u64, Option<Settle>, bool)>,
     settled: usize,
+    /// The lowest tag not yet taken off the window. A channel numbers its deliveries
+    /// 1, 2, 3, ... across all its consumers, so a missing tag is a delivery that is
+    /// not registered yet (another consumer's, still in its buffer): a multiple ack
+    /// must not reach past it.
+    next: u64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            entries: VecDeque::new(),
+            settled: 0,
+            next: 1,
+        }
+    }
 }
 
 /// What to send to the broker.
@@ -80,11 +95,16 @@ pub enum Op {
 
 impl Window {
     pub fn register(&mut self, tag: u64) {
-        debug_assert!(
-            self.entries.back().is_none_or(|e| e.0 < tag),
-            "delivery tags rise on a channel"
-        );
-        self.entries.push_back((tag, None, false));
+        // Tags rise on a channel, but a channel with several consumers (the urgent,
+        // ready and jobs queues) hands them out per consumer: a later tag of one queue
+        // can be registered before an earlier one of another. Keep the window sorted.
+        match self.entries.back() {
+            Some(e) if e.0 > tag => {
+                let at = self.entries.partition_point(|e| e.0 < tag);
+                self.entries.insert(at, (tag, None, false));
+            }
+            _ => self.entries.push_back((tag, None, false)),
+        }
     }
 
     pub fn settle(&mut self, tag: u64, how: Settle) {
@@ -112,6 +132,10 @@ impl Window {
         let mut ops = Vec::new();
         let mut last_ack: Option<u64> = None;
         while let Some(&(tag, Some(how), sent)) = self.entries.front() {
+            if tag != self.next {
+                break;
+            }
+            self.next = tag + 1;
             self.entries.pop_front();
             if sent {
                 continue;
@@ -306,6 +330,23 @@ mod tests {
             vec![Op::AckUpTo(1)],
             "already acked entries are skipped"
         );
+    }
+
+    #[test]
+    fn a_multiple_ack_never_reaches_past_a_delivery_not_registered_yet() {
+        // Two consumers on one channel: tag 2 (the ready queue's) is registered before
+        // tag 1 (the jobs queue's, still in its consumer's buffer).
+        let mut w = Window::default();
+        w.register(2);
+        w.settle(2, Settle::Ack);
+        assert!(w.drain(100).is_empty(), "acking up to 2 would ack 1 unseen");
+        w.register(1);
+        w.register(3);
+        w.settle(3, Settle::Ack);
+        assert!(w.drain(100).is_empty(), "1 is not settled yet");
+        w.settle(1, Settle::Ack);
+        assert_eq!(w.drain(100), vec![Op::AckUpTo(3)]);
+        assert_eq!(w.pending(), 0);
     }
 
     #[test]

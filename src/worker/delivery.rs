@@ -263,11 +263,7 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
         Ok(job) => {
             let consult = inc.redelivered || from_delay_queue;
             let step = (lineage, hop);
-            let _send = w
-                .sends
-                .acquire()
-                .await
-                .expect("the send bound is never closed");
+            let _send = w.send_permit(inc.urgent).await;
             decide(
                 &w,
                 &s,

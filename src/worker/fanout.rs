@@ -150,8 +150,7 @@ async fn send_all<'a>(
                 tokio::select! {
                     biased;
                     Some(row) = pending.next(), if !pending.is_empty() => rows.push(row),
-                    permit = w.sends.acquire() => {
-                        let permit = permit.expect("the send bound is never closed");
+                    permit = w.send_permit(inc.urgent) => {
                         if w.health.draining.load(Ordering::Relaxed) {
                             // Looked at again at the top of the loop.
                             continue;

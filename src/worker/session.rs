@@ -138,14 +138,19 @@ async fn consume(
         w.cfg.broker.connection_name(),
         uuid::Uuid::new_v4()
     );
-    // The ready queue first: retries that are due, with a prefetch of their own, so the
-    // jobs queue's backlog cannot hold them back.
+    // The urgent lane first, then the ready queue (retries that are due), each with a
+    // prefetch of its own, so the jobs queue's backlog cannot hold them back.
     let ready = amqp::ready_queue_name(&w.cfg.queues);
     let prefetch = w.cfg.broker.prefetch;
-    let queues = [
-        (ready.as_str(), amqp::ready_prefetch(prefetch)),
-        (w.cfg.queues.jobs.as_str(), prefetch),
-    ];
+    let lane_prefetch = amqp::ready_prefetch(prefetch);
+    let urgent = &w.cfg.queues.urgent;
+    let mut queues = Vec::with_capacity(3);
+    if !urgent.is_empty() {
+        queues.push((urgent.as_str(), lane_prefetch));
+    }
+    queues.push((ready.as_str(), lane_prefetch));
+    queues.push((w.cfg.queues.jobs.as_str(), prefetch));
+    let urgent_source = (!urgent.is_empty()).then_some(0);
     let mut consumer = match Consumer::start(conn, &queues, tag).await {
         Ok(c) => c,
         Err(e) => {
@@ -158,7 +163,9 @@ async fn consume(
         consumer.channel.clone(),
         ws.ack_batch,
         Duration::from_millis(ws.ack_flush_ms),
-        usize::from(prefetch) / 2,
+        // Below the smallest prefetch of the channel's consumers: settled acks held behind
+        // one slow delivery must not fill a consumer's whole window.
+        usize::from(lane_prefetch / 2).max(1),
     );
     w.health.consuming.store(true, Ordering::Relaxed);
     // The connection's own events: its failure is known here first (before the
@@ -194,7 +201,8 @@ async fn consume(
                 }
             }
             next = consumer.next() => match next {
-                Some(Ok(inc)) => {
+                Some(Ok(mut inc)) => {
+                    inc.urgent = urgent_source == Some(inc.source);
                     w.observer.received();
                     let guard = acker.guard(inc.tag);
                     tasks.spawn(delivery::process(w.clone(), session.clone(), inc, guard));

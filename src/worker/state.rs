@@ -39,8 +39,17 @@ pub struct Worker {
     /// The replica's send bound: one permit per notification being sent
     /// (`worker.max_notifications_in_flight`).
     pub(super) sends: tokio::sync::Semaphore,
+    /// With an urgent lane: the bulk lane's share of `sends` (all but
+    /// `worker.urgent_reserved`), taken before a permit of `sends`.
+    pub(super) bulk_sends: Option<tokio::sync::Semaphore>,
     /// The broker's host and port, for spans.
     pub(super) broker_at: (String, u16),
+}
+
+/// Held while one notification is being sent.
+pub(super) struct SendPermit<'a> {
+    _bulk: Option<tokio::sync::SemaphorePermit<'a>>,
+    _send: tokio::sync::SemaphorePermit<'a>,
 }
 
 impl Worker {
@@ -73,6 +82,11 @@ impl Worker {
             health: Health::default(),
             observer: Observer::default(),
             sends: tokio::sync::Semaphore::new(cfg.worker.max_notifications_in_flight),
+            bulk_sends: (!cfg.queues.urgent.is_empty()).then(|| {
+                tokio::sync::Semaphore::new(
+                    cfg.worker.max_notifications_in_flight - cfg.worker.urgent_reserved,
+                )
+            }),
             broker_at: cfg.broker.host_port().unwrap_or_default(),
             cfg,
         }))
@@ -91,6 +105,20 @@ impl Worker {
     /// Deliveries being processed now.
     pub fn in_flight(&self) -> usize {
         self.health.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// A permit to send one notification: an urgent job's from `sends`; a bulk job's
+    /// from the bulk share first (with an urgent lane), so the reserved ones stay free.
+    pub(super) async fn send_permit(&self, urgent: bool) -> SendPermit<'_> {
+        let bulk = match (&self.bulk_sends, urgent) {
+            (Some(b), false) => Some(b.acquire().await.expect("never closed")),
+            _ => None,
+        };
+        let send = self.sends.acquire().await.expect("never closed");
+        SendPermit {
+            _bulk: bulk,
+            _send: send,
+        }
     }
 
     /// What a job may hold (`worker.max_job_bytes`, `worker.max_tokens_per_job`).

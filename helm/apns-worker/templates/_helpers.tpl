@@ -111,6 +111,7 @@ cleanup_queue = {{ .Values.queues.cleanupQueue | toJson }}
 environment_exchange = {{ .Values.queues.environmentExchange | toJson }}
 environment_queue = {{ .Values.queues.environmentQueue | toJson }}
 retry_prefix = {{ .Values.queues.retryPrefix | toJson }}
+urgent = {{ .Values.queues.urgent | toJson }}
 declare = {{ .Values.queues.declare }}
 
 [retry]
@@ -127,6 +128,7 @@ drain_secs = {{ .Values.worker.drainSecs }}
 max_job_bytes = {{ .Values.worker.maxJobBytes | int64 }}
 max_tokens_per_job = {{ .Values.worker.maxTokensPerJob | int64 }}
 max_notifications_in_flight = {{ .Values.worker.maxNotificationsInFlight | int64 }}
+urgent_reserved = {{ .Values.worker.urgentReserved | int64 }}
 dedupe_capacity = {{ .Values.worker.dedupeCapacity | int64 }}
 threads = {{ include "apns-worker.threads" . }}
 {{- if not .Values.apps }}
