@@ -322,7 +322,10 @@ async fn twins_of_a_parked_copy_go_on_as_one() {
         props().with_message_id(ShortString::from("parked-1")),
         &[
             ("x-apns-hop", AMQPValue::LongLongInt(3)),
-            ("x-death", death(&format!("{}.60000", q.retry_prefix))),
+            (
+                "x-death",
+                death(&apns_worker::amqp::delay_queue_name(&q, 60_000)),
+            ),
         ],
     );
     let body = job(&token("0c", 1), Some("parked-1")).into_bytes();
@@ -338,7 +341,7 @@ async fn twins_of_a_parked_copy_go_on_as_one() {
     .await;
     let s = w.stop().await;
     assert_eq!((s.parked, s.already_settled), (1, 1), "{s:?}");
-    let park_queue = format!("{}.60000", q.retry_prefix);
+    let park_queue = apns_worker::amqp::delay_queue_name(&q, 60_000);
     assert_eq!(
         broker::depth(&conn, &park_queue).await,
         1,
@@ -384,7 +387,7 @@ async fn a_park_copy_carries_the_workers_state_not_the_producers() {
         .await;
     let s = w.stop().await;
     assert_eq!(s.parked, 1, "{s:?}");
-    let copies = broker::drain_queue(&conn, &format!("{}.60000", q.retry_prefix)).await;
+    let copies = broker::drain_queue(&conn, &apns_worker::amqp::delay_queue_name(&q, 60_000)).await;
     assert_eq!(copies.len(), 1);
     let c = &copies[0];
     assert_eq!(c.header_int("x-attempts"), Some(0), "the worker's count");
