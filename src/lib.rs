@@ -3,7 +3,7 @@
 //!
 //! The modules, in the order a job meets them: `amqp` (the broker), `job` (decoding),
 //! `worker` (sessions, the delivery path, settlement, the observer), `settle` (the pure
-//! decision), `obs` (logs, traces, metrics, the admin endpoint), `run` (the worker with
+//! decision), `outcomes` (the receipts of the outcome stream), `obs` (logs, traces, metrics, the admin endpoint), `run` (the worker with
 //! its surroundings); beside them `config`, `publish` and `check` (commands), and
 //! `signals`. `ARCHITECTURE.md` has the map.
 
@@ -14,6 +14,7 @@ pub mod config;
 pub mod job;
 pub mod obs;
 pub mod operator;
+pub mod outcomes;
 pub mod publish;
 pub mod reload;
 pub mod run;

@@ -69,7 +69,8 @@ enum Command {
         /// Device tokens of synthetic jobs start with these hex digits.
         #[arg(long, default_value = "")]
         token_prefix: String,
-        /// Queue to publish to (default: queues.jobs of the config).
+        /// Queue to publish to (default: the job queues of the config, `queues.jobs` and
+        /// its shards, in turn).
         #[arg(long)]
         queue: Option<String>,
         /// No progress bar.
@@ -265,12 +266,23 @@ async fn command(command: Command) -> Result<(), Fatal> {
                         ));
                     }
                 };
-                let queue = queue.unwrap_or_else(|| cfg.queues.jobs.clone());
+                let queues = match queue {
+                    Some(q) => vec![q],
+                    None => apns_worker::amqp::job_queue_names(&cfg.queues),
+                };
                 let progress = !quiet && std::io::IsTerminal::is_terminal(&std::io::stderr());
-                let n = apns_worker::publish::run(&cfg, &queue, source, &apps, progress)
+                let n = apns_worker::publish::run(&cfg, &queues, source, &apps, progress)
                     .await
                     .map_err(Fatal::publish)?;
-                eprintln!("published {n} job(s) to {queue}");
+                match queues.as_slice() {
+                    [one] => eprintln!("published {n} job(s) to {one}"),
+                    all => eprintln!(
+                        "published {n} job(s) to {} queues in turn ({} to {})",
+                        all.len(),
+                        all[0],
+                        all[all.len() - 1]
+                    ),
+                }
                 Ok(())
             }
             Command::Topology {

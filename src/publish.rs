@@ -170,6 +170,21 @@ pub async fn publish_jobs(
     total: Option<u64>,
     progress: bool,
 ) -> Result<u64, PublishCmdError> {
+    publish_spread(conn, &[queue.to_string()], jobs, total, progress).await
+}
+
+/// [`publish_jobs`] over several queues (the job queues of `queues.shards`): job `n`
+/// goes to `queues[n % queues.len()]`.
+pub async fn publish_spread(
+    conn: &Connection,
+    queues: &[String],
+    jobs: impl Iterator<Item = String>,
+    total: Option<u64>,
+    progress: bool,
+) -> Result<u64, PublishCmdError> {
+    if queues.is_empty() {
+        return Err(PublishCmdError::Publish("no queue to publish to".into()));
+    }
     let ch = conn
         .create_channel()
         .await
@@ -191,8 +206,9 @@ pub async fn publish_jobs(
     let (mut published, mut refused) = (0u64, 0u64);
     // One line per job the broker returned or refused, naming it by its id and the
     // first digits of its token; never its body.
-    let mut settle = |(c, id, token): (Result<Confirmation, lapin::Error>, String, String)|
-     -> Result<(), PublishCmdError> {
+    type Pending = (Result<Confirmation, lapin::Error>, String, String, usize);
+    let mut settle = |(c, id, token, q): Pending| -> Result<(), PublishCmdError> {
+        let queue = queues[q].as_str();
         match c.map_err(|e| PublishCmdError::Publish(e.to_string()))? {
             Confirmation::Ack(None) => published += 1,
             Confirmation::Ack(Some(ret)) | Confirmation::Nack(Some(ret)) => {
@@ -207,14 +223,15 @@ pub async fn publish_jobs(
         bar.inc(1);
         Ok(())
     };
-    for body in jobs {
+    for (n, body) in jobs.enumerate() {
+        let q = n % queues.len();
         let id = message_id(&body);
         let token = token_prefix_of(&body);
         let props = amqp::job_props(&id);
         let confirm = ch
             .basic_publish(
                 "".into(),
-                queue.into(),
+                queues[q].as_str().into(),
                 BasicPublishOptions {
                     mandatory: true,
                     ..BasicPublishOptions::default()
@@ -224,7 +241,7 @@ pub async fn publish_jobs(
             )
             .await
             .map_err(|e| PublishCmdError::Publish(e.to_string()))?;
-        pending.push(async move { (confirm.await, id, token) });
+        pending.push(async move { (confirm.await, id, token, q) });
         while pending.len() >= window {
             if let Some(c) = pending.next().await {
                 settle(c)?;
@@ -242,11 +259,12 @@ pub async fn publish_jobs(
     Ok(published)
 }
 
-/// The whole command: check every job, make sure the queue exists (declaring the
-/// topology as `run` does when `queues.declare` is on), publish with confirms.
+/// The whole command: check every job, make sure the queues exist (declaring the
+/// topology as `run` does when `queues.declare` is on), publish with confirms, spread
+/// over `queues` in turn.
 pub async fn run(
     cfg: &Config,
-    queue: &str,
+    queues: &[String],
     source: Source,
     apps: &AppDirectory,
     progress: bool,
@@ -278,24 +296,40 @@ pub async fn run(
         }
     };
     let conn = amqp::connect(&cfg.broker).await?;
-    let n = match ready_queue(&conn, cfg, queue).await {
-        Ok(()) => publish_jobs(&conn, queue, jobs, Some(total), progress).await,
+    let n = match ready_queues(&conn, cfg, queues).await {
+        Ok(()) => publish_spread(&conn, queues, jobs, Some(total), progress).await,
         Err(e) => Err(e),
     };
     amqp::close(&conn).await;
     n
 }
 
-/// The queue jobs go to exists: declared with the topology when `queues.declare` is
+/// The queues jobs go to exist: declared with the topology when `queues.declare` is
 /// on (as `run` does), else looked up, so that nothing is sent into the void.
-async fn ready_queue(conn: &Connection, cfg: &Config, queue: &str) -> Result<(), PublishCmdError> {
+async fn ready_queues(
+    conn: &Connection,
+    cfg: &Config,
+    queues: &[String],
+) -> Result<(), PublishCmdError> {
+    if cfg.queues.declare {
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(amqp::AmqpError::Channel)?;
+        amqp::declare_topology(&ch, &cfg.queues, &cfg.retry).await?;
+        let _ = ch.close(200, "declared".into()).await;
+    }
+    for queue in queues {
+        exists(conn, queue).await?;
+    }
+    Ok(())
+}
+
+async fn exists(conn: &Connection, queue: &str) -> Result<(), PublishCmdError> {
     let ch = conn
         .create_channel()
         .await
         .map_err(amqp::AmqpError::Channel)?;
-    if cfg.queues.declare {
-        amqp::declare_topology(&ch, &cfg.queues, &cfg.retry).await?;
-    }
     let found = ch
         .queue_declare(
             queue.into(),

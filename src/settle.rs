@@ -170,6 +170,19 @@ pub struct DelayQueue {
     pub ttl_ms: u64,
 }
 
+/// The first `max` bytes of `s` at most, cut at a character boundary (a dead letter's
+/// `x-error`).
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// The delay levels: base, 2·base, 4·base, ... up to max (max always included).
 pub fn delay_levels(r: &RetrySettings) -> Vec<u64> {
     let mut levels = Vec::new();

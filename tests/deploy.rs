@@ -335,6 +335,62 @@ fn every_worker_setting_is_reachable_from_values() {
 }
 
 #[test]
+fn with_shards_keda_has_a_trigger_per_job_queue_that_follows_the_total_depth() {
+    let out = render(
+        &["full-values.yaml"],
+        &["queues.shards=4", "autoscaling.keda.queueLength=5000"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let docs = tools::yaml_docs(&String::from_utf8(out.stdout).unwrap());
+    let config = kind(&docs, "ConfigMap").unwrap()["data"]["config.toml"]
+        .as_str()
+        .unwrap();
+    let cfg = parse_rendered(config).unwrap();
+    assert_eq!(cfg.queues.shards, 4);
+    let so = kind(&docs, "ScaledObject").expect("KEDA ScaledObject");
+    let triggers: Vec<(String, String)> = so["spec"]["triggers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["metadata"]["queueName"].as_str().unwrap().to_string(),
+                t["metadata"]["value"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    // The job queues the worker consumes, each at a quarter of the target (the HPA
+    // takes the largest trigger: with jobs spread evenly, total depth / 5000
+    // replicas); the urgent lane's trigger keeps the whole target.
+    let mut want: Vec<(String, String)> = apns_worker::amqp::job_queue_names(&cfg.queues)
+        .into_iter()
+        .map(|q| (q, "1250".to_string()))
+        .collect();
+    want.push((cfg.queues.urgent.clone(), "5000".to_string()));
+    assert_eq!(triggers, want);
+    assert_eq!(want[3].0, "apns.jobs.3");
+    // A target that does not divide evenly rounds up, never to 0.
+    let out = render(
+        &["full-values.yaml"],
+        &["queues.shards=3", "autoscaling.keda.queueLength=2"],
+    );
+    let docs = tools::yaml_docs(&String::from_utf8(out.stdout).unwrap());
+    let so = kind(&docs, "ScaledObject").unwrap();
+    assert_eq!(so["spec"]["triggers"][2]["metadata"]["value"], "1");
+    // Outside 1..=64: the chart refuses it, naming the value.
+    for bad in ["queues.shards=0", "queues.shards=65"] {
+        let out = render(&["full-values.yaml"], &[bad]);
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("shards"), "{bad}: {err}");
+    }
+}
+
+#[test]
 fn the_chart_refuses_unsafe_values() {
     let out = render(&["hpa-values.yaml"], &["terminationGracePeriodSeconds=20"]);
     assert!(!out.status.success());

@@ -68,6 +68,22 @@ fn examples_validate_against_their_schemas() {
     let dl = validator("dead-letter-headers.schema.json");
     let v = load("schemas/examples/dead-letter-headers.json");
     assert!(errors(&dl, &v).is_empty(), "{:?}", errors(&dl, &v));
+    let receipt = validator("outcome-receipt.schema.json");
+    let v = load("schemas/examples/outcome-receipt.json");
+    assert!(
+        errors(&receipt, &v).is_empty(),
+        "{:?}",
+        errors(&receipt, &v)
+    );
+    // A retrying receipt that claims to be final, or a dead letter without a reason,
+    // is not one.
+    let mut wrong = v.clone();
+    wrong["status"] = "retrying".into();
+    assert!(!errors(&receipt, &wrong).is_empty());
+    let mut wrong = v;
+    wrong["status"] = "dead_lettered".into();
+    wrong.as_object_mut().unwrap().remove("reason");
+    assert!(!errors(&receipt, &wrong).is_empty());
 }
 
 const T: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";

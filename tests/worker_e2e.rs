@@ -372,7 +372,7 @@ async fn publish_checks_every_line_before_sending_anything() {
     let apps = apns_worker::job::AppDirectory::from_config(&cfg.apps);
     let err = apns_worker::publish::run(
         &cfg,
-        &q.jobs,
+        std::slice::from_ref(&q.jobs),
         apns_worker::publish::Source::Jsonl(file.clone()),
         &apps,
         false,
@@ -385,7 +385,7 @@ async fn publish_checks_every_line_before_sending_anything() {
     std::fs::write(&file, format!("{good}\n{}\n", job(&token("33", 2), "p2"))).unwrap();
     let n = apns_worker::publish::run(
         &cfg,
-        &q.jobs,
+        std::slice::from_ref(&q.jobs),
         apns_worker::publish::Source::Jsonl(file.clone()),
         &apps,
         false,
@@ -398,7 +398,7 @@ async fn publish_checks_every_line_before_sending_anything() {
     undeclared.queues.declare = false;
     let err = apns_worker::publish::run(
         &undeclared,
-        "test.no-such-queue.for-publish",
+        &["test.no-such-queue.for-publish".to_string()],
         apns_worker::publish::Source::Jsonl(file),
         &apps,
         false,
@@ -725,5 +725,241 @@ async fn urgent_jobs_are_not_behind_the_bulk_backlog() {
         bulk_after > 2_000,
         "the bulk backlog was still draining: {bulk_after} after the last urgent job"
     );
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}
+
+/// `queues.shards = 3`: `publish` spreads jobs over the three job queues in turn, every
+/// replica consumes all three (two replicas here), and every job is delivered once. A
+/// queue beyond the count (left by a lowered `shards`) is not consumed; its depth is
+/// what the start-up warning reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_job_queues_are_spread_and_all_consumed() {
+    logs();
+    let m = mock(Faults::default()).await;
+    let mut q = broker::topology("shards");
+    q.shards = 3;
+    let cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 1))]);
+    let conn = broker::connect().await;
+    let names = apns_worker::amqp::job_queue_names(&q);
+    assert_eq!(names[1], format!("{}.1", q.jobs));
+    let apps = apns_worker::job::AppDirectory::from_config(&cfg.apps);
+    let n = 3_000u64;
+    let published = apns_worker::publish::run(
+        &cfg,
+        &names,
+        apns_worker::publish::Source::Synthetic(apns_worker::publish::Synthetic {
+            count: n,
+            topic: TOPIC.into(),
+            app: None,
+            payload_bytes: 200,
+            token_prefix: "0000".into(),
+        }),
+        &apps,
+        false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(published, n);
+    for name in &names {
+        assert_eq!(broker::depth(&conn, name).await, 1_000, "{name}");
+    }
+    // A fourth queue, beyond the count: five jobs nobody consumes.
+    let beyond = apns_worker::amqp::first_unconsumed_shard(&q);
+    let ch = conn.create_channel().await.unwrap();
+    ch.queue_declare(
+        beyond.as_str().into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    broker::publish_jobs(
+        &conn,
+        &beyond,
+        (0..5)
+            .map(|i| job(&token("1111", i), &format!("beyond-{i}")))
+            .collect(),
+    )
+    .await;
+    assert_eq!(
+        apns_worker::amqp::depth_if_exists(&conn, &beyond).await,
+        Some(5)
+    );
+    assert_eq!(
+        apns_worker::amqp::depth_if_exists(&conn, &format!("{beyond}.no-such-queue")).await,
+        None
+    );
+
+    let a = broker::start(cfg.clone()).await;
+    let b = broker::start(cfg.clone()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while m.mock.stats().answered < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {n} answered",
+            m.mock.stats().answered
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (sa, sb) = (a.stop().await, b.stop().await);
+    assert_eq!(sa.delivered + sb.delivered, n, "{sa:?} {sb:?}");
+    let received = m.mock.received();
+    let distinct: std::collections::BTreeSet<_> =
+        received.iter().map(|r| r.device_token.clone()).collect();
+    assert_eq!(received.len() as u64, n, "each job sent once");
+    assert_eq!(distinct.len() as u64, n);
+    assert!(!distinct.iter().any(|t| t.starts_with("1111")));
+    for name in &names {
+        assert_eq!(broker::depth(&conn, name).await, 0, "{name}");
+    }
+    assert_eq!(broker::depth(&conn, &beyond).await, 5, "not consumed");
+    let _ = ch
+        .queue_delete(beyond.as_str().into(), Default::default())
+        .await;
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}
+
+/// The outcome stream (`queues.outcomes = true`): one receipt per notification per
+/// settlement (each token of a fan-out job), valid against its schema, routed
+/// `<status>.<app>`, confirmed before the ack (so all are there once the jobs are
+/// settled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_outcome_stream_has_a_receipt_per_token_per_settlement() {
+    logs();
+    let faults = Faults {
+        rules: vec![
+            rule("a410", 410, "Unregistered", None),
+            rule("b400", 400, "BadCollapseId", None),
+            rule("c503", 503, "ServiceUnavailable", Some(1)),
+            rule("d503", 503, "ServiceUnavailable", None),
+        ],
+        ..Faults::default()
+    };
+    let m = mock(faults).await;
+    let mut q = broker::topology("outcomes");
+    q.outcomes = true;
+    let cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 1))]);
+    let conn = broker::connect().await;
+    let w = broker::start(cfg.clone()).await;
+    let jobs = vec![
+        job(&token("0000", 1), "ok-1"),
+        job(&token("a410", 1), "dead-1"),
+        job(&token("b400", 1), "bad-1"),
+        job(&token("c503", 1), "flaky-1"),
+        job(&token("d503", 1), "down-1"),
+        json!({"id": "expired-1", "device_token": token("0000", 9), "topic": TOPIC,
+               "expiration": 1000, "payload": {}})
+        .to_string(),
+        json!({"id": "fan-1", "device_tokens": [token("0000", 2), token("a410", 2),
+               token("c503", 2), "zz"], "topic": TOPIC, "payload": {"aps": {"alert": "hi"}}})
+        .to_string(),
+    ];
+    let mut raw: Vec<(Vec<u8>, lapin::BasicProperties)> = jobs
+        .into_iter()
+        .map(|j| {
+            let id = serde_json::from_str::<serde_json::Value>(&j).unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (j.into_bytes(), apns_worker::amqp::job_props(&id))
+        })
+        .collect();
+    raw.push((b"{not json".to_vec(), apns_worker::amqp::job_props("inv-1")));
+    broker::publish_raw(&conn, &q.jobs, raw).await;
+    // 7 single jobs and 4 fan-out tokens reach a final state.
+    w.wait_terminal(11, Duration::from_secs(30)).await;
+    let summary = w.stop().await;
+    assert_eq!(summary.unknown_outcomes, 0, "{summary:?}");
+
+    let schema = schema_validator("outcome-receipt.schema.json");
+    let got = broker::drain_queue(&conn, &q.outcome_queue).await;
+    let mut by_subject: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for r in &got {
+        let v = r.json();
+        let errors: Vec<String> = schema.iter_errors(&v).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{v}: {errors:?}");
+        assert_eq!(
+            r.props.kind().as_ref().map(|k| k.as_str()),
+            Some("outcome-receipt")
+        );
+        let status = v["status"].as_str().unwrap();
+        let want_key = match v["app"].as_str() {
+            Some(app) => format!("{status}.{app}"),
+            None => status.to_string(),
+        };
+        assert_eq!(r.routing_key, want_key);
+        if v["device_token"].is_string() {
+            assert!(v["apns_id"].is_string(), "{v}");
+        }
+        let subject = (
+            v["job_id"].as_str().unwrap_or("").to_string(),
+            v["device_token"].as_str().unwrap_or("").to_string(),
+        );
+        let line = format!(
+            "{status} {} {}{}",
+            v["attempts"],
+            v["reason"].as_str().unwrap_or("-"),
+            v["apns_status"]
+                .as_u64()
+                .map(|s| format!(" {s}"))
+                .unwrap_or_default()
+        );
+        by_subject.entry(subject).or_default().push(line);
+    }
+    for lines in by_subject.values_mut() {
+        // Retries come first (fewer attempts); a stable order for the comparison.
+        lines.sort_by_key(|l| {
+            (
+                l.split(' ').nth(1).unwrap().parse::<u32>().unwrap(),
+                l.clone(),
+            )
+        });
+    }
+    let s = |id: &str, t: &str| (id.to_string(), t.to_string());
+    let want: BTreeMap<(String, String), Vec<&str>> = [
+        (s("ok-1", &token("0000", 1)), vec!["delivered 1 - 200"]),
+        (
+            s("dead-1", &token("a410", 1)),
+            vec!["token_dead 1 Unregistered 410"],
+        ),
+        (
+            s("bad-1", &token("b400", 1)),
+            vec!["dead_lettered 1 BadCollapseId 400"],
+        ),
+        (
+            s("flaky-1", &token("c503", 1)),
+            vec!["retrying 1 ServiceUnavailable", "delivered 2 - 200"],
+        ),
+        (
+            s("down-1", &token("d503", 1)),
+            vec![
+                "retrying 1 ServiceUnavailable",
+                "retrying 2 ServiceUnavailable",
+                "dead_lettered 3 RetriesExhausted 503",
+            ],
+        ),
+        (s("expired-1", &token("0000", 9)), vec!["expired 0 -"]),
+        (s("inv-1", ""), vec!["dead_lettered 0 InvalidJob"]),
+        (s("fan-1", &token("0000", 2)), vec!["delivered 1 - 200"]),
+        (
+            s("fan-1", &token("a410", 2)),
+            vec!["token_dead 1 Unregistered 410"],
+        ),
+        (
+            s("fan-1", &token("c503", 2)),
+            vec!["retrying 1 ServiceUnavailable", "delivered 2 - 200"],
+        ),
+        (s("fan-1", "zz"), vec!["dead_lettered 0 InvalidJob"]),
+    ]
+    .into_iter()
+    .collect();
+    let got: BTreeMap<(String, String), Vec<&str>> = by_subject
+        .iter()
+        .map(|(k, v)| (k.clone(), v.iter().map(String::as_str).collect()))
+        .collect();
+    assert_eq!(got, want);
     broker::delete_topology(&conn, &q, &cfg.retry).await;
 }

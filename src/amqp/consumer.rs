@@ -10,7 +10,7 @@ use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
-use super::{AmqpError, HeaderValue, long, text};
+use super::{AmqpError, ConsumedQueues, HeaderValue, long, text};
 use crate::job::control::{Headers, Value};
 
 /// One delivery, reduced to what the worker needs; the lapin types stay here.
@@ -286,24 +286,29 @@ fn control_value(v: &AMQPValue) -> Value<'_> {
 
 /// The consuming side of one connection: one channel, one consumer per queue, each
 /// with its own prefetch (`basic.qos` with `global = false` applies to the consumers
-/// started after it), their deliveries merged.
+/// started after it), their deliveries merged: the queues before the job queues in
+/// their order (urgent lane, ready queue), then the job queues taking turns.
 pub struct Consumer {
     pub channel: Channel,
     consumers: Vec<lapin::Consumer>,
     tags: Vec<String>,
+    /// Index of the first job queue: from there on the consumers take turns.
+    first_shared: usize,
+    /// The job queue looked at first next time.
+    turn: usize,
 }
 
 impl Consumer {
-    /// Consume each `(queue, prefetch)`; consumer tags are `<tag>-<n>`.
+    /// Consume each of `plan`'s queues with its prefetch; consumer tags are `<tag>-<n>`.
     pub async fn start(
         conn: &Connection,
-        queues: &[(&str, u16)],
+        plan: &ConsumedQueues,
         tag: String,
     ) -> Result<Consumer, AmqpError> {
         let channel = conn.create_channel().await.map_err(AmqpError::Channel)?;
-        let mut consumers = Vec::with_capacity(queues.len());
-        let mut tags = Vec::with_capacity(queues.len());
-        for (n, (queue, prefetch)) in queues.iter().enumerate() {
+        let mut consumers = Vec::with_capacity(plan.queues.len());
+        let mut tags = Vec::with_capacity(plan.queues.len());
+        for (n, (queue, prefetch)) in plan.queues.iter().enumerate() {
             channel
                 .basic_qos(*prefetch, BasicQosOptions::default())
                 .await
@@ -311,14 +316,14 @@ impl Consumer {
             let tag = format!("{tag}-{n}");
             let consumer = channel
                 .basic_consume(
-                    (*queue).into(),
+                    queue.as_str().into(),
                     tag.as_str().into(),
                     BasicConsumeOptions::default(),
                     FieldTable::default(),
                 )
                 .await
                 .map_err(|source| AmqpError::Consume {
-                    queue: (*queue).into(),
+                    queue: queue.clone(),
                     source,
                 })?;
             consumers.push(consumer);
@@ -328,18 +333,28 @@ impl Consumer {
             channel,
             consumers,
             tags,
+            first_shared: plan.first_job_queue.min(plan.queues.len()),
+            turn: 0,
         })
     }
 
-    /// The next delivery of any of the queues, the first queue given first when
-    /// several have one ready; `Err` when the channel or connection is gone, `None` when
-    /// the broker cancelled one of the consumers (its queue deleted).
+    /// The next delivery of any of the queues: the ones before the job queues first, in
+    /// their order, then the job queues starting from the one after the last served
+    /// (so that no job queue waits behind another's backlog); `Err` when the channel or
+    /// connection is gone, `None` when the broker cancelled one of the consumers (its
+    /// queue deleted).
     pub async fn next(&mut self) -> Option<Result<Incoming, AmqpError>> {
-        let consumers = &mut self.consumers;
+        let (first, consumers, turn) = (self.first_shared, &mut self.consumers, &mut self.turn);
+        let shared = consumers.len() - first;
         std::future::poll_fn(|cx| {
-            for (source, c) in consumers.iter_mut().enumerate() {
-                match c.poll_next_unpin(cx) {
+            let start = *turn;
+            let order = (0..first).chain((0..shared).map(|i| first + (start + i) % shared));
+            for source in order {
+                match consumers[source].poll_next_unpin(cx) {
                     std::task::Poll::Ready(Some(Ok(d))) => {
+                        if source >= first {
+                            *turn = (source - first + 1) % shared;
+                        }
                         return std::task::Poll::Ready(Some(Ok(Incoming::from_delivery(
                             d, source,
                         ))));

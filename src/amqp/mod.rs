@@ -15,8 +15,9 @@ use crate::config::{BrokerSettings, ConfigError};
 pub use consumer::{Consumer, Incoming};
 pub use publisher::{PublishError, Publisher, event_props, job_props};
 pub use topology::{
-    Argument, Declaration, Entity, ExchangeType, Topology, declare_topology, delay_queue_name,
-    delete_entities, plan as topology_plan, ready_prefetch, ready_queue_name,
+    Argument, ConsumedQueues, Declaration, Entity, ExchangeType, Topology, consumed_queues,
+    declare_topology, delay_queue_name, delete_entities, depth_if_exists, first_unconsumed_shard,
+    job_queue_names, plan as topology_plan, ready_prefetch, ready_queue_name,
 };
 
 #[derive(Debug, thiserror::Error)]

@@ -1,4 +1,5 @@
-//! The topology the worker uses: the jobs queue, its dead-letter exchange and queue,
+//! The topology the worker uses: the job queues (one per shard) and the urgent lane's,
+//! their dead-letter exchange and queue,
 //! the cleanup exchange and queue, the delay queues of retries and the ready queue they
 //! expire into. Declared the same
 //! way every time (idempotent); named in one place, so whoever deletes a test's or a
@@ -33,6 +34,60 @@ pub fn ready_queue_name(q: &QueueSettings) -> String {
 /// Prefetch of the ready queue's consumer: a quarter of the jobs queue's, at least 1.
 pub fn ready_prefetch(prefetch: u16) -> u16 {
     (prefetch / 4).max(1)
+}
+
+/// The job queues (`queues.shards` of them): `jobs` itself, then `<jobs>.1` to
+/// `<jobs>.<shards - 1>`, so that raising the count keeps the first queue's backlog.
+pub fn job_queue_names(q: &QueueSettings) -> Vec<String> {
+    let mut names = Vec::with_capacity(usize::from(q.shards.max(1)));
+    names.push(q.jobs.clone());
+    names.extend((1..q.shards).map(|i| format!("{}.{i}", q.jobs)));
+    names
+}
+
+/// The first job queue beyond `queues.shards`: it exists with jobs in it when the
+/// count was lowered before that queue was empty (nobody consumes it any more).
+pub fn first_unconsumed_shard(q: &QueueSettings) -> String {
+    format!("{}.{}", q.jobs, q.shards.max(1))
+}
+
+/// What a replica consumes, in the order it looks at them, each with its prefetch:
+/// the urgent lane (when set) and the ready queue with a quarter of `prefetch` each,
+/// then the job queues, which share `prefetch` (each its share, at least 1).
+pub fn consumed_queues(q: &QueueSettings, prefetch: u16) -> ConsumedQueues {
+    let lane = ready_prefetch(prefetch);
+    let mut queues = Vec::with_capacity(2 + usize::from(q.shards));
+    if !q.urgent.is_empty() {
+        queues.push((q.urgent.clone(), lane));
+    }
+    queues.push((ready_queue_name(q), lane));
+    let first_job_queue = queues.len();
+    let shards = q.shards.max(1);
+    let share = prefetch.div_ceil(shards).max(1);
+    queues.extend(job_queue_names(q).into_iter().map(|n| (n, share)));
+    ConsumedQueues {
+        queues,
+        urgent: (!q.urgent.is_empty()).then_some(0),
+        first_job_queue,
+    }
+}
+
+/// The queues one replica consumes on its channel ([`consumed_queues`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumedQueues {
+    /// Name and prefetch, in the order they are looked at.
+    pub queues: Vec<(String, u16)>,
+    /// Index of the urgent lane's queue, if there is one.
+    pub urgent: Option<usize>,
+    /// Index of the first job queue: from there on the queues take turns.
+    pub first_job_queue: usize,
+}
+
+impl ConsumedQueues {
+    /// The smallest prefetch of any of them.
+    pub fn smallest_prefetch(&self) -> u16 {
+        self.queues.iter().map(|(_, p)| *p).min().unwrap_or(1)
+    }
 }
 
 /// A queue argument's value: the two forms the topology uses.
@@ -131,15 +186,21 @@ pub fn plan(q: &QueueSettings, r: &RetrySettings) -> Vec<Declaration> {
             Argument::Int(i64::from(q.delivery_limit)),
         ));
     }
-    d.push(queue(&q.jobs, jobs_extra.clone()));
+    for name in job_queue_names(q) {
+        d.push(queue(&name, jobs_extra.clone()));
+    }
     if !q.urgent.is_empty() {
         d.push(queue(&q.urgent, jobs_extra.clone()));
     }
     d.push(queue(&ready_queue_name(q), jobs_extra));
-    for (ex, qu) in [
+    let mut events = vec![
         (&q.cleanup_exchange, &q.cleanup_queue),
         (&q.environment_exchange, &q.environment_queue),
-    ] {
+    ];
+    if q.outcomes {
+        events.push((&q.outcome_exchange, &q.outcome_queue));
+    }
+    for (ex, qu) in events {
         d.push(exchange(ex, ExchangeType::Topic));
         if !qu.is_empty() {
             d.push(queue(qu, vec![]));
@@ -183,6 +244,29 @@ async fn declare_queue(ch: &Channel, name: &str, args: FieldTable) -> Result<(),
     .await
     .map(|_| ())
     .map_err(|source| declare_error("queue", name, source))
+}
+
+/// How many messages `queue` holds, if it exists: a passive declare on a channel of its
+/// own (the broker closes a channel whose passive declare names no queue). `None` when
+/// it does not exist or cannot be asked.
+pub async fn depth_if_exists(conn: &Connection, queue: &str) -> Option<u32> {
+    let ch = conn.create_channel().await.ok()?;
+    let depth = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .ok()
+        .map(|q| q.message_count());
+    if ch.status().connected() {
+        let _ = ch.close(200, "done".into()).await;
+    }
+    depth
 }
 
 /// A refused declaration: PRECONDITION_FAILED (406) means the queue or exchange
@@ -275,17 +359,23 @@ impl Topology<'_> {
     /// and the delay queues.
     pub fn queue_names(&self) -> Vec<String> {
         let q = self.queues;
-        let mut names = vec![
-            q.jobs.clone(),
-            ready_queue_name(q),
-            q.dead_letter_queue.clone(),
-        ];
+        let mut names = job_queue_names(q);
+        names.extend([ready_queue_name(q), q.dead_letter_queue.clone()]);
         if !q.urgent.is_empty() {
             names.push(q.urgent.clone());
         }
-        for extra in [&q.cleanup_queue, &q.environment_queue] {
+        let outcome_queue = if q.outcomes {
+            q.outcome_queue.as_str()
+        } else {
+            ""
+        };
+        for extra in [
+            q.cleanup_queue.as_str(),
+            q.environment_queue.as_str(),
+            outcome_queue,
+        ] {
             if !extra.is_empty() {
-                names.push(extra.clone());
+                names.push(extra.to_string());
             }
         }
         names.extend(self.delay_queue_names());
@@ -302,11 +392,16 @@ impl Topology<'_> {
 
     /// Every exchange the worker declares.
     pub fn exchange_names(&self) -> Vec<String> {
-        vec![
-            self.queues.dead_letter_exchange.clone(),
-            self.queues.cleanup_exchange.clone(),
-            self.queues.environment_exchange.clone(),
-        ]
+        let q = self.queues;
+        let mut names = vec![
+            q.dead_letter_exchange.clone(),
+            q.cleanup_exchange.clone(),
+            q.environment_exchange.clone(),
+        ];
+        if q.outcomes {
+            names.push(q.outcome_exchange.clone());
+        }
+        names
     }
 
     /// Every queue and exchange of the topology, queues first.
@@ -371,4 +466,94 @@ pub async fn delete_entities(conn: &Connection, entities: Vec<Entity>) -> Vec<En
         let _ = c.close(200, "bye".into()).await;
     }
     failed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queues(shards: u16, urgent: &str) -> QueueSettings {
+        QueueSettings {
+            shards,
+            urgent: urgent.into(),
+            ..QueueSettings::default()
+        }
+    }
+
+    #[test]
+    fn what_a_replica_consumes_and_with_which_prefetch() {
+        let names = |c: &ConsumedQueues| {
+            c.queues
+                .iter()
+                .map(|(n, p)| format!("{n}:{p}"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        for (shards, urgent, prefetch, want, first) in [
+            (1, "", 2000, "apns.jobs.retry.ready:500 apns.jobs:2000", 1),
+            (
+                1,
+                "apns.urgent",
+                2000,
+                "apns.urgent:500 apns.jobs.retry.ready:500 apns.jobs:2000",
+                2,
+            ),
+            (
+                4,
+                "",
+                2000,
+                "apns.jobs.retry.ready:500 apns.jobs:500 apns.jobs.1:500 apns.jobs.2:500 apns.jobs.3:500",
+                1,
+            ),
+            // Shares round up, and never reach 0.
+            (
+                3,
+                "",
+                50,
+                "apns.jobs.retry.ready:12 apns.jobs:17 apns.jobs.1:17 apns.jobs.2:17",
+                1,
+            ),
+            (
+                3,
+                "apns.urgent",
+                2,
+                "apns.urgent:1 apns.jobs.retry.ready:1 apns.jobs:1 apns.jobs.1:1 apns.jobs.2:1",
+                2,
+            ),
+        ] {
+            let c = consumed_queues(&queues(shards, urgent), prefetch);
+            assert_eq!(names(&c), want, "{shards} shards, urgent {urgent:?}");
+            assert_eq!(c.first_job_queue, first);
+            assert_eq!(c.urgent, (!urgent.is_empty()).then_some(0));
+        }
+    }
+
+    #[test]
+    fn every_shard_is_declared_like_the_jobs_queue_and_dead_letters_to_one_queue() {
+        let q = queues(3, "");
+        let plan = plan(&q, &RetrySettings::default());
+        let declared: Vec<_> = plan
+            .iter()
+            .filter_map(|d| match d {
+                Declaration::Queue { name, arguments } if name.starts_with("apns.jobs") => {
+                    Some((name.clone(), arguments.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        let jobs = &declared.iter().find(|(n, _)| n == "apns.jobs").unwrap().1;
+        for shard in ["apns.jobs.1", "apns.jobs.2"] {
+            let args = &declared.iter().find(|(n, _)| n == shard).unwrap().1;
+            assert_eq!(args, jobs, "{shard} is declared as the jobs queue is");
+        }
+        assert!(!declared.iter().any(|(n, _)| n == "apns.jobs.3"));
+        let names = Topology {
+            queues: &q,
+            retry: &RetrySettings::default(),
+        }
+        .queue_names();
+        assert_eq!(&names[..3], ["apns.jobs", "apns.jobs.1", "apns.jobs.2"]);
+        assert_eq!(first_unconsumed_shard(&q), "apns.jobs.3");
+        assert_eq!(job_queue_names(&queues(1, "")), ["apns.jobs"]);
+    }
 }

@@ -51,6 +51,16 @@ impl Config {
                 )));
             }
         }
+        if q.outcomes && (q.outcome_exchange.is_empty() || q.outcome_exchange.len() > 200) {
+            return Err(invalid(
+                "queues.outcome_exchange must be a name of 1 to 200 characters when queues.outcomes is on",
+            ));
+        }
+        if q.shards == 0 || q.shards > 64 {
+            return Err(invalid(
+                "queues.shards must be 1 to 64 (the number of job queues the jobs are spread over)",
+            ));
+        }
         let r = &self.retry;
         if r.max_attempts == 0 {
             return Err(invalid("retry.max_attempts must be at least 1"));

@@ -257,6 +257,10 @@ pub enum QueueType {
 #[serde(deny_unknown_fields, default)]
 pub struct QueueSettings {
     pub jobs: String,
+    /// Job queues the jobs are spread over (1 to 64): `jobs` itself and `<jobs>.1` to
+    /// `<jobs>.<shards - 1>`; every replica consumes all of them, `publish` spreads
+    /// jobs across them. No order is kept across queues.
+    pub shards: u16,
     pub jobs_type: QueueType,
     /// Quorum queues: redeliveries before the broker dead-letters a message that keeps
     /// crashing workers (the last line of defence).
@@ -276,6 +280,14 @@ pub struct QueueSettings {
     /// The urgent lane: a second jobs queue, consumed first, with send capacity of its
     /// own (`worker.urgent_reserved`). Empty: no urgent lane.
     pub urgent: String,
+    /// The outcome stream: one receipt per token per settlement to
+    /// `outcome_exchange`, confirmed before the ack. Off by default.
+    pub outcomes: bool,
+    /// A topic exchange; routing key `<status>.<app>`.
+    pub outcome_exchange: String,
+    /// Declared and bound (`#`) to the outcome exchange when `outcomes` is on, so no
+    /// receipt is lost while nobody has bound a queue. Empty: not declared.
+    pub outcome_queue: String,
     /// Delay queues are named `<retry_prefix>.<delay ms>ms`; they expire into the ready
     /// queue `<retry_prefix>.ready`.
     pub retry_prefix: String,
@@ -287,6 +299,7 @@ impl Default for QueueSettings {
     fn default() -> Self {
         QueueSettings {
             jobs: "apns.jobs".into(),
+            shards: 1,
             jobs_type: QueueType::Quorum,
             delivery_limit: 20,
             dead_letter_exchange: "apns.dead-letter".into(),
@@ -297,6 +310,9 @@ impl Default for QueueSettings {
             environment_queue: "apns.environment-mismatch".into(),
             retry_prefix: "apns.jobs.retry".into(),
             urgent: String::new(),
+            outcomes: false,
+            outcome_exchange: "apns.outcomes".into(),
+            outcome_queue: "apns.outcomes".into(),
             declare: true,
         }
     }
@@ -315,6 +331,8 @@ impl QueueSettings {
             environment_exchange: format!("{prefix}{}", d.environment_exchange),
             environment_queue: format!("{prefix}{}", d.environment_queue),
             retry_prefix: format!("{prefix}{}", d.retry_prefix),
+            outcome_exchange: format!("{prefix}{}", d.outcome_exchange),
+            outcome_queue: format!("{prefix}{}", d.outcome_queue),
             ..d
         }
     }

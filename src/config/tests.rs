@@ -33,6 +33,7 @@ fn parses_a_full_file_with_defaults_filled_in() {
     assert_eq!(c.apns.request_timeout_ms, 5000);
     assert_eq!(c.queues.jobs, "apns.jobs");
     assert_eq!(c.queues.jobs_type, QueueType::Quorum);
+    assert_eq!(c.queues.shards, 1, "one job queue unless told");
     assert_eq!(c.broker.prefetch, 2000);
     assert_eq!(c.apns.ping_interval_secs, 60, "default");
     let shop = &c.apps["shop"];
@@ -102,6 +103,8 @@ fn mistakes_are_reported_with_what_to_fix() {
         ("[broker]\nheartbeat_secs = 0", "heartbeat"),
         ("[retry]\nmax_attempts = 0", "max_attempts"),
         ("[queues]\njobs_type = \"stream\"", "unknown variant"),
+        ("[queues]\nshards = 0", "queues.shards must be 1 to 64"),
+        ("[queues]\nshards = 65", "queues.shards must be 1 to 64"),
         ("[apps.a]\nendpoint = \"prod\"", "production"),
         ("[apps.a]\nendpoint = \"sandbox\"", "no credentials"),
         (

@@ -19,6 +19,7 @@ use crate::amqp::Incoming;
 use crate::job::control::Control;
 use crate::job::{self, Envelope, Job, JobError};
 use crate::obs::SendStatus;
+use crate::outcomes;
 use crate::settle::{self, AckKind, Settlement};
 
 /// Counts a delivery as in flight for as long as its task lives.
@@ -181,7 +182,11 @@ pub async fn process(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
 fn job_span(w: &Worker, inc: &Incoming) -> tracing::Span {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
-    let queue = &w.cfg.queues.jobs;
+    let queue = w
+        .consumed
+        .queues
+        .get(inc.source)
+        .map_or(w.cfg.queues.jobs.as_str(), |(name, _)| name.as_str());
     let (host, port) = w.broker_address();
     let span = tracing::info_span!(
         "process job",
@@ -286,6 +291,24 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
         lineage,
         hop,
     });
+    let app = job
+        .map(|j| j.app.as_str())
+        .or_else(|| w.apps.app_hint(&inc.body));
+    let receipts: Vec<outcomes::Receipt> = if w.cfg.queues.outcomes {
+        let subject = outcomes::Subject {
+            job_id: job.and_then(|j| j.job_id.as_deref()).or(inc.message_id()),
+            apns_id: key.map(|k| k.apns_id),
+            app,
+            device_token: job.and_then(|j| j.notification.device_token()),
+            channel_id: job.and_then(|j| j.notification.channel_id()),
+            attempts_before,
+        };
+        outcomes::receipt(&subject, &decision.settlement, SystemTime::now())
+            .into_iter()
+            .collect()
+    } else {
+        Vec::new()
+    };
     let settling = Settling {
         inc: &inc,
         key,
@@ -296,6 +319,7 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
             lineage,
             hop,
         },
+        receipts: &receipts,
     };
     let carried_out = execute::carry_out(
         &s,
@@ -307,9 +331,7 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
     )
     .await;
     w.observer.delivery(&Report {
-        app: job
-            .map(|j| j.app.as_str())
-            .or_else(|| w.apps.app_hint(&inc.body)),
+        app,
         apns_id: key.map(|k| k.apns_id),
         device_token: job.and_then(|j| j.notification.device_token()),
         channel_id: job.and_then(|j| j.notification.channel_id()),

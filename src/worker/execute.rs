@@ -12,6 +12,7 @@ use super::acker::Guard;
 use super::recent::{Key, Recent};
 use crate::amqp::{self, HeaderValue, Incoming, PublishError, Publisher};
 use crate::config::QueueSettings;
+use crate::outcomes::Receipt;
 use crate::settle::{self, Settlement};
 
 /// One broker connection's publishing side, shared with its delivery tasks.
@@ -55,6 +56,9 @@ pub struct Settling<'a> {
     /// The trusted control state the message came with (zero on a producer's message):
     /// what a park copy carries on.
     pub control: CopyState,
+    /// The outcome stream's receipts (empty when it is off): published beside the
+    /// settlement, confirmed before the ack.
+    pub receipts: &'a [Receipt],
 }
 
 /// What a delay-queue copy carries of the worker's own state.
@@ -86,41 +90,47 @@ pub async fn carry_out(
         guard.requeue();
         return Ok(());
     }
-    let result = match settlement {
-        Settlement::Ack(_) | Settlement::Requeue { .. } => Ok(()),
-        Settlement::EnvironmentMismatch(_)
-        | Settlement::Cleanup(_)
-        | Settlement::ChannelCleanup(_) => publish_event(s, q, settlement).await,
-        Settlement::DeadLetter(dl) => dead_letter(s, q, inc, &inc.body, dl).await,
-        Settlement::Retry {
-            attempt,
-            delay,
-            reason,
-        } => {
-            let state = CopyState {
-                attempts: *attempt,
-                ..state
-            };
-            let reason = ("x-apns-last-reason", HeaderValue::Text(reason.clone()));
-            to_delay_queue(s, q, inc, &inc.body, *delay, state, stamp, reason).await
-        }
-        Settlement::AwaitConfig {
-            waits,
-            delay,
-            reason,
-        } => {
-            let state = CopyState {
-                config_waits: *waits,
-                ..state
-            };
-            let reason = ("x-apns-parked", HeaderValue::Text((*reason).to_string()));
-            to_delay_queue(s, q, inc, &inc.body, *delay, state, stamp, reason).await
-        }
-        Settlement::Park { delay, reason } => {
-            let reason = ("x-apns-parked", HeaderValue::Text(reason.clone()));
-            to_delay_queue(s, q, inc, &inc.body, *delay, state, stamp, reason).await
+    let settle = async {
+        match settlement {
+            Settlement::Ack(_) | Settlement::Requeue { .. } => Ok(()),
+            Settlement::EnvironmentMismatch(_)
+            | Settlement::Cleanup(_)
+            | Settlement::ChannelCleanup(_) => publish_event(s, q, settlement).await,
+            Settlement::DeadLetter(dl) => dead_letter(s, q, inc, &inc.body, dl).await,
+            Settlement::Retry {
+                attempt,
+                delay,
+                reason,
+            } => {
+                let state = CopyState {
+                    attempts: *attempt,
+                    ..state
+                };
+                let reason = ("x-apns-last-reason", HeaderValue::Text(reason.clone()));
+                to_delay_queue(s, q, inc, &inc.body, *delay, state, stamp, reason).await
+            }
+            Settlement::AwaitConfig {
+                waits,
+                delay,
+                reason,
+            } => {
+                let state = CopyState {
+                    config_waits: *waits,
+                    ..state
+                };
+                let reason = ("x-apns-parked", HeaderValue::Text((*reason).to_string()));
+                to_delay_queue(s, q, inc, &inc.body, *delay, state, stamp, reason).await
+            }
+            Settlement::Park { delay, reason } => {
+                let reason = ("x-apns-parked", HeaderValue::Text(reason.clone()));
+                to_delay_queue(s, q, inc, &inc.body, *delay, state, stamp, reason).await
+            }
         }
     };
+    // The receipts (outcome stream) go out beside the settlement's own publish; the
+    // ack waits for every confirm.
+    let (settled, receipted) = tokio::join!(settle, publish_receipts(s, q, m.receipts));
+    let result = settled.and(receipted);
     if let Some(key) = &m.key {
         recent.settled(key, result.is_ok());
     }
@@ -176,6 +186,51 @@ async fn publish_event(
     .await
 }
 
+/// Publish each receipt of the outcome stream, confirmed.
+async fn publish_receipts(
+    s: &Session,
+    q: &QueueSettings,
+    receipts: &[Receipt],
+) -> Result<(), PublishError> {
+    // Boxed futures in a Vec, not a lazy `map`: a closure held across the await makes
+    // the delivery task's future fail `Send`'s higher-ranked lifetime check.
+    let mut work: Vec<futures_util::future::BoxFuture<'_, Result<(), PublishError>>> =
+        Vec::with_capacity(receipts.len());
+    for r in receipts {
+        work.push(Box::pin(publish_receipt(s, q, r)));
+    }
+    all_confirmed(work).await
+}
+
+/// Run confirmed publishes with a few dozen confirms in flight at once, not one at a
+/// time; the first failure is the result (the others still finish).
+async fn all_confirmed<F>(work: impl IntoIterator<Item = F>) -> Result<(), PublishError>
+where
+    F: std::future::Future<Output = Result<(), PublishError>>,
+{
+    use futures_util::StreamExt;
+    let mut results = futures_util::stream::iter(work).buffer_unordered(64);
+    let mut result = Ok(());
+    while let Some(r) = results.next().await {
+        if let Err(e) = r {
+            if result.is_ok() {
+                result = Err(e);
+            }
+        }
+    }
+    result
+}
+
+/// One receipt to the outcome exchange, routing key `<status>.<app>`, confirmed.
+async fn publish_receipt(s: &Session, q: &QueueSettings, r: &Receipt) -> Result<(), PublishError> {
+    let body = serde_json::to_vec(r).expect("a receipt serialises");
+    let id = Uuid::new_v4().to_string();
+    publish_retrying(s, &q.outcome_exchange, &r.routing_key(), &body, || {
+        amqp::event_props(&id).with_type(lapin::types::ShortString::from("outcome-receipt"))
+    })
+    .await
+}
+
 /// Dead-letter `body` (the original's, or a fan-out job's for some of its tokens)
 /// with the original's properties and the dead letter's headers.
 async fn dead_letter(
@@ -189,7 +244,7 @@ async fn dead_letter(
         ("x-apns-reason", HeaderValue::Text(dl.reason.clone())),
         (
             "x-error",
-            HeaderValue::Text(truncate(&dl.error, 1024).to_string()),
+            HeaderValue::Text(settle::truncate(&dl.error, 1024).to_string()),
         ),
         ("x-attempts", HeaderValue::Int(i64::from(dl.attempts))),
         // A replay of this dead letter is a new message of the job (`control`).
@@ -220,7 +275,6 @@ pub async fn carry_out_fanout(
     keys: &[Key],
     guard: Guard,
 ) -> Result<(), PublishError> {
-    use futures_util::StreamExt;
     let inc = m.inc;
     let state = m.control;
     let stamp = m.key.filter(|_| m.stamp_apns_id).map(|k| k.apns_id);
@@ -235,7 +289,10 @@ pub async fn carry_out_fanout(
         crate::job::with_tokens(&inc.body, tokens).expect("a decoded job is a JSON object")
     };
     let mut work: Vec<futures_util::future::BoxFuture<'_, Result<(), PublishError>>> =
-        Vec::with_capacity(plan.publishes());
+        Vec::with_capacity(plan.publishes() + m.receipts.len());
+    for r in m.receipts {
+        work.push(Box::pin(publish_receipt(s, q, r)));
+    }
     for ev in &plan.events {
         work.push(Box::pin(publish_event(s, q, ev)));
     }
@@ -286,16 +343,7 @@ pub async fn carry_out_fanout(
             to_delay_queue(s, q, inc, &body, delay, state, stamp, header).await
         }));
     }
-    // Confirms are pipelined: a few dozen publishes in flight, not one at a time.
-    let mut results = futures_util::stream::iter(work).buffer_unordered(64);
-    let mut result = Ok(());
-    while let Some(r) = results.next().await {
-        if let Err(e) = r {
-            if result.is_ok() {
-                result = Err(e);
-            }
-        }
-    }
+    let result = all_confirmed(work).await;
     for k in keys {
         recent.settled(k, result.is_ok());
     }
@@ -309,17 +357,6 @@ pub async fn carry_out_fanout(
         }
     }
     result
-}
-
-fn truncate(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Republish a job to the delay queue of `delay` (a retry or a park): a new message,

@@ -15,6 +15,7 @@ use super::recent::Key;
 use super::state::Worker;
 use crate::amqp::Incoming;
 use crate::job::{FanOut, Job};
+use crate::outcomes;
 use crate::settle::{self, AckKind, Settlement};
 
 /// One token of the job and what was decided for it.
@@ -58,6 +59,30 @@ pub(super) async fn process(
     }
     let plan = settle::fan_in(rows.iter().map(|r| (r.token, &r.decision.settlement)));
     let keys: Vec<Key> = rows.iter().filter_map(|r| r.key).collect();
+    let apns_id_of = |r: &Row<'_>| {
+        r.key
+            .map(|k| k.apns_id)
+            .unwrap_or_else(|| FanOut::apns_id(job_apns_id, r.token))
+    };
+    let receipts: Vec<outcomes::Receipt> = if w.cfg.queues.outcomes && !plan.requeue {
+        let now = std::time::SystemTime::now();
+        let job_id = job.job_id.as_deref().or(inc.message_id());
+        rows.iter()
+            .filter_map(|r| {
+                let subject = outcomes::Subject {
+                    job_id,
+                    apns_id: Some(apns_id_of(r)),
+                    app: Some(&job.app),
+                    device_token: Some(r.token),
+                    channel_id: None,
+                    attempts_before: ctl.attempts,
+                };
+                outcomes::receipt(&subject, &r.decision.settlement, now)
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
     let settling = Settling {
         inc,
         key: Some(Key {
@@ -67,6 +92,7 @@ pub(super) async fn process(
         }),
         stamp_apns_id: job.job_id.is_none(),
         control: ctl,
+        receipts: &receipts,
     };
     let carried_out =
         execute::carry_out_fanout(s, &w.cfg.queues, &w.recent, &settling, &plan, &keys, guard)
@@ -81,10 +107,7 @@ pub(super) async fn process(
         }
         w.observer.delivery(&Report {
             app: Some(&job.app),
-            apns_id: r
-                .key
-                .map(|k| k.apns_id)
-                .or(Some(FanOut::apns_id(job_apns_id, r.token))),
+            apns_id: Some(apns_id_of(r)),
             device_token: Some(r.token),
             channel_id: None,
             attempts_before: ctl.attempts,

@@ -123,7 +123,23 @@ async fn open_session(w: &Worker) -> Result<(lapin::Connection, Arc<Session>), a
     if w.cfg.queues.declare {
         amqp::declare_topology(publisher.channel(), &w.cfg.queues, &w.cfg.retry).await?;
     }
-    tracing::info!(connection_name = %w.cfg.broker.connection_name(), queue = %w.cfg.queues.jobs, "connected to the broker");
+    tracing::info!(connection_name = %w.cfg.broker.connection_name(), queue = %w.cfg.queues.jobs, shards = w.cfg.queues.shards, "connected to the broker");
+    // A lowered `queues.shards` leaves the queues beyond it unconsumed: say so while
+    // they hold jobs.
+    let beyond = amqp::first_unconsumed_shard(&w.cfg.queues);
+    if let Some(jobs) = amqp::depth_if_exists(&conn, &beyond)
+        .await
+        .filter(|n| *n > 0)
+    {
+        tracing::warn!(
+            queue = %beyond,
+            jobs,
+            shards = w.cfg.queues.shards,
+            "queue {beyond} holds {jobs} job(s) that no replica consumes (queues.shards = {} leaves it out): raise queues.shards back until it is empty, or move its jobs to {} with a shovel",
+            w.cfg.queues.shards,
+            w.cfg.queues.jobs
+        );
+    }
     Ok((conn, Arc::new(Session::new(publisher))))
 }
 
@@ -139,19 +155,10 @@ async fn consume(
         uuid::Uuid::new_v4()
     );
     // The urgent lane first, then the ready queue (retries that are due), each with a
-    // prefetch of its own, so the jobs queue's backlog cannot hold them back.
-    let ready = amqp::ready_queue_name(&w.cfg.queues);
-    let prefetch = w.cfg.broker.prefetch;
-    let lane_prefetch = amqp::ready_prefetch(prefetch);
-    let urgent = &w.cfg.queues.urgent;
-    let mut queues = Vec::with_capacity(3);
-    if !urgent.is_empty() {
-        queues.push((urgent.as_str(), lane_prefetch));
-    }
-    queues.push((ready.as_str(), lane_prefetch));
-    queues.push((w.cfg.queues.jobs.as_str(), prefetch));
-    let urgent_source = (!urgent.is_empty()).then_some(0);
-    let mut consumer = match Consumer::start(conn, &queues, tag).await {
+    // prefetch of its own, so the job queues' backlog cannot hold them back; then the
+    // job queues, taking turns.
+    let plan = &w.consumed;
+    let mut consumer = match Consumer::start(conn, plan, tag).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "cannot consume");
@@ -165,7 +172,7 @@ async fn consume(
         Duration::from_millis(ws.ack_flush_ms),
         // Below the smallest prefetch of the channel's consumers: settled acks held behind
         // one slow delivery must not fill a consumer's whole window.
-        usize::from(lane_prefetch / 2).max(1),
+        usize::from(plan.smallest_prefetch() / 2).max(1),
     );
     w.health.consuming.store(true, Ordering::Relaxed);
     // The connection's own events: its failure is known here first (before the
@@ -202,7 +209,7 @@ async fn consume(
             }
             next = consumer.next() => match next {
                 Some(Ok(mut inc)) => {
-                    inc.urgent = urgent_source == Some(inc.source);
+                    inc.urgent = plan.urgent == Some(inc.source);
                     w.observer.received();
                     let guard = acker.guard(inc.tag);
                     tasks.spawn(delivery::process(w.clone(), session.clone(), inc, guard));

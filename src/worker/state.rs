@@ -44,6 +44,8 @@ pub struct Worker {
     pub(super) bulk_sends: Option<tokio::sync::Semaphore>,
     /// The broker's host and port, for spans.
     pub(super) broker_at: (String, u16),
+    /// The queues each broker session consumes, with their prefetch.
+    pub(super) consumed: crate::amqp::ConsumedQueues,
 }
 
 /// Held while one notification is being sent.
@@ -88,6 +90,7 @@ impl Worker {
                 )
             }),
             broker_at: cfg.broker.host_port().unwrap_or_default(),
+            consumed: crate::amqp::consumed_queues(&cfg.queues, cfg.broker.prefetch),
             cfg,
         }))
     }

@@ -269,7 +269,8 @@ impl Running {
         within: Duration,
     ) {
         let deadline = tokio::time::Instant::now() + within;
-        let mut queues = vec![q.jobs.clone(), amqp::ready_queue_name(q)];
+        let mut queues = amqp::job_queue_names(q);
+        queues.push(amqp::ready_queue_name(q));
         queues.extend(
             delay_levels(r)
                 .into_iter()

@@ -77,6 +77,14 @@ enum Command {
         /// Tokens per job (fan-out jobs): --jobs notifications in --jobs / K messages.
         #[arg(long, default_value_t = 1)]
         tokens_per_job: u64,
+        /// Job queues (`queues.shards`): the drain's jobs are spread over N queues, which
+        /// the worker consumes together.
+        #[arg(long, default_value_t = 1)]
+        shards: u16,
+        /// The mock APNs answers each request after L ms: the latency-bound regime of a
+        /// distant APNs (throughput <= streams in flight / round trip).
+        #[arg(long, default_value_t = 0)]
+        apns_latency_ms: u64,
         /// The worker to run: another build to compare with this one, or a wrapper
         /// script that `exec`s one under a profiler (default: the `apns-worker` built
         /// next to this executable).
@@ -128,6 +136,8 @@ fn main() -> ExitCode {
                 sweep,
                 drain_only,
                 tokens_per_job,
+                shards,
+                apns_latency_ms,
                 worker_bin,
             } => {
                 if sender_only {
@@ -153,6 +163,8 @@ fn main() -> ExitCode {
                     },
                     drain_only,
                     tokens_per_job,
+                    shards,
+                    apns_latency_ms,
                 };
                 if let Some(dir) = sweep {
                     bench::sweep(&opts, &dir).await.map_err(|e| e.to_string())?;

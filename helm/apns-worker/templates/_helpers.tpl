@@ -102,6 +102,7 @@ password_file = {{ printf "/etc/apns-worker/secrets/%s/%s" $.Values.broker.tls.s
 
 [queues]
 jobs = {{ .Values.queues.jobs | toJson }}
+shards = {{ .Values.queues.shards | int64 }}
 jobs_type = {{ .Values.queues.jobsType | toJson }}
 delivery_limit = {{ .Values.queues.deliveryLimit }}
 dead_letter_exchange = {{ .Values.queues.deadLetterExchange | toJson }}
@@ -112,6 +113,9 @@ environment_exchange = {{ .Values.queues.environmentExchange | toJson }}
 environment_queue = {{ .Values.queues.environmentQueue | toJson }}
 retry_prefix = {{ .Values.queues.retryPrefix | toJson }}
 urgent = {{ .Values.queues.urgent | toJson }}
+outcomes = {{ .Values.queues.outcomes }}
+outcome_exchange = {{ .Values.queues.outcomeExchange | toJson }}
+outcome_queue = {{ .Values.queues.outcomeQueue | toJson }}
 declare = {{ .Values.queues.declare }}
 
 [retry]

@@ -87,9 +87,16 @@ impl Drop for MockThread {
 }
 
 /// A mock APNs that keeps no records, and a scratch directory for its CA and key.
-pub async fn mock_and_dir(what: &str) -> Result<(MockThread, PathBuf), BenchError> {
+pub async fn mock_and_dir(
+    what: &str,
+    latency_ms: u64,
+) -> Result<(MockThread, PathBuf), BenchError> {
     let mock = MockThread::start(MockConfig {
         record: false,
+        faults: apns_mock::Faults {
+            latency_ms,
+            ..apns_mock::Faults::default()
+        },
         ..MockConfig::default()
     })
     .await?;

@@ -74,6 +74,10 @@ pub struct BenchOptions {
     /// Tokens per job in the drain (a fan-out job of K tokens: `jobs` notifications in
     /// `jobs / K` messages); 1: single-token jobs.
     pub tokens_per_job: u64,
+    /// Job queues (`queues.shards`): the drain's jobs are spread over them in turn.
+    pub shards: u16,
+    /// The mock answers each request after this many ms (a distant APNs's round trip).
+    pub apns_latency_ms: u64,
 }
 
 /// The figures of one run.
@@ -84,6 +88,10 @@ pub struct BenchReport {
     /// Tokens per message in the drain and the bare consumer (broker CPU "per message"
     /// is then per notification: the message's cost shared by its tokens).
     pub tokens_per_job: u64,
+    /// Job queues the drain's jobs were spread over.
+    pub shards: u16,
+    /// The mock's added answer time (ms).
+    pub apns_latency_ms: u64,
     pub payload_bytes: usize,
     pub prefetch: u16,
     pub connections: usize,
@@ -135,7 +143,7 @@ pub fn fanout_body(first: u64, k: u64, payload_bytes: usize, id: &str) -> String
 /// `n` notifications: `n` single-token jobs, or `n / k` fan-out jobs of `k` tokens.
 async fn publish_all(
     conn: &lapin::Connection,
-    queue: &str,
+    queues: &[String],
     n: u64,
     bytes: usize,
     prefix: &str,
@@ -148,7 +156,7 @@ async fn publish_all(
     } else {
         Box::new((0..messages).map(move |m| fanout_body(m * k, k, bytes, &format!("{prefix}-{m}"))))
     };
-    apns_worker::publish::publish_jobs(conn, queue, jobs, Some(messages), false)
+    apns_worker::publish::publish_spread(conn, queues, jobs, Some(messages), false)
         .await
         .map_err(|e| BenchError::Setup(e.to_string()))?;
     Ok(())
@@ -265,10 +273,13 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
             opts.jobs, opts.tokens_per_job
         )));
     }
-    let (mock, dir) = mock_and_dir("bench").await?;
+    let (mock, dir) = mock_and_dir("bench", opts.apns_latency_ms).await?;
     let id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("bench.{}.", &id[..8]);
-    let q = QueueSettings::with_prefix(&prefix);
+    let q = QueueSettings {
+        shards: opts.shards.max(1),
+        ..QueueSettings::with_prefix(&prefix)
+    };
     let config = worker_config(opts, &q, &mock, &dir)?;
     let broker = BrokerSettings {
         url: apns::Secret::new(opts.broker_url.clone()),
@@ -314,6 +325,8 @@ async fn measure(
         cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
         jobs: opts.jobs,
         tokens_per_job: opts.tokens_per_job.max(1),
+        shards: opts.shards.max(1),
+        apns_latency_ms: opts.apns_latency_ms,
         payload_bytes: opts.payload_bytes,
         prefetch: opts.prefetch,
         connections: opts.connections,
@@ -339,10 +352,11 @@ async fn measure(
         .await?;
         eprintln!("bench: publishing {} jobs for the bare consumer", opts.jobs);
         let k = opts.tokens_per_job.max(1);
-        publish_all(conn, bare, opts.jobs, opts.payload_bytes, "bare", k).await?;
+        let bare = [bare.to_string()];
+        publish_all(conn, &bare, opts.jobs, opts.payload_bytes, "bare", k).await?;
         let before = CpuMark::now(broker, ticks);
         // Messages/s times tokens per message: the notifications/s the broker hands out.
-        let per_sec = bare_consumer(conn, bare, opts.jobs / k, opts.prefetch).await? * k as f64;
+        let per_sec = bare_consumer(conn, &bare[0], opts.jobs / k, opts.prefetch).await? * k as f64;
         let (me, broker_us, busy) = before.since(&CpuMark::now(broker, ticks), opts.jobs);
         eprintln!("bench: bare consumer {per_sec:.0}/s");
         report.bare_consumer_per_sec = Some(per_sec);
@@ -355,7 +369,7 @@ async fn measure(
     eprintln!("bench: publishing {} jobs for the worker", opts.jobs);
     publish_all(
         conn,
-        &q.jobs,
+        &amqp::job_queue_names(q),
         opts.jobs,
         opts.payload_bytes,
         "drain",

@@ -10,8 +10,15 @@ pub fn print_table(r: &BenchReport) {
             .unwrap_or_else(|| "-".into())
     };
     println!(
-        "apns-worker bench: {} notifications ({} per job) of {} B, prefetch {}, {} connection(s), ack batch {}",
-        r.jobs, r.tokens_per_job, r.payload_bytes, r.prefetch, r.connections, r.ack_batch
+        "apns-worker bench: {} notifications ({} per job) of {} B over {} job queue(s), prefetch {}, {} connection(s), ack batch {}, APNs answers after {} ms",
+        r.jobs,
+        r.tokens_per_job,
+        r.payload_bytes,
+        r.shards,
+        r.prefetch,
+        r.connections,
+        r.ack_batch,
+        r.apns_latency_ms
     );
     println!(
         "  bare lapin consumer (broker ceiling)  {}",

@@ -36,7 +36,7 @@ pub async fn sender_only(
     connections: usize,
     payload_bytes: usize,
 ) -> Result<SenderReport, BenchError> {
-    let (mock, dir) = mock_and_dir("sender").await?;
+    let (mock, dir) = mock_and_dir("sender", 0).await?;
     let ca = dir.join("ca.pem");
     mock.write_ca(&ca)
         .map_err(|e| BenchError::Setup(e.to_string()))?;
