@@ -85,6 +85,9 @@ enum Command {
         /// distant APNs (throughput <= streams in flight / round trip).
         #[arg(long, default_value_t = 0)]
         apns_latency_ms: u64,
+        /// The worker's `worker.max_notifications_in_flight` (default: its default).
+        #[arg(long)]
+        max_in_flight: Option<usize>,
         /// The worker to run: another build to compare with this one, or a wrapper
         /// script that `exec`s one under a profiler (default: the `apns-worker` built
         /// next to this executable).
@@ -138,6 +141,7 @@ fn main() -> ExitCode {
                 tokens_per_job,
                 shards,
                 apns_latency_ms,
+                max_in_flight,
                 worker_bin,
             } => {
                 if sender_only {
@@ -165,6 +169,7 @@ fn main() -> ExitCode {
                     tokens_per_job,
                     shards,
                     apns_latency_ms,
+                    max_in_flight,
                 };
                 if let Some(dir) = sweep {
                     bench::sweep(&opts, &dir).await.map_err(|e| e.to_string())?;

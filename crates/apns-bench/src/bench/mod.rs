@@ -78,6 +78,8 @@ pub struct BenchOptions {
     pub shards: u16,
     /// The mock answers each request after this many ms (a distant APNs's round trip).
     pub apns_latency_ms: u64,
+    /// `worker.max_notifications_in_flight`; None: the worker's default.
+    pub max_in_flight: Option<usize>,
 }
 
 /// The figures of one run.
@@ -92,6 +94,8 @@ pub struct BenchReport {
     pub shards: u16,
     /// The mock's added answer time (ms).
     pub apns_latency_ms: u64,
+    /// The worker's `max_notifications_in_flight`.
+    pub max_in_flight: usize,
     pub payload_bytes: usize,
     pub prefetch: u16,
     pub connections: usize,
@@ -220,6 +224,9 @@ fn worker_config(
     cfg.broker.prefetch = opts.prefetch;
     cfg.broker.connection_name = Some("apns-worker-bench".into());
     cfg.worker.ack_batch = opts.ack_batch;
+    if let Some(n) = opts.max_in_flight {
+        cfg.worker.max_notifications_in_flight = n;
+    }
     if opts.tokens_per_job > 1 {
         let k = opts.tokens_per_job as usize;
         cfg.worker.max_tokens_per_job = cfg.worker.max_tokens_per_job.max(k);
@@ -327,6 +334,9 @@ async fn measure(
         tokens_per_job: opts.tokens_per_job.max(1),
         shards: opts.shards.max(1),
         apns_latency_ms: opts.apns_latency_ms,
+        max_in_flight: opts
+            .max_in_flight
+            .unwrap_or(Config::default().worker.max_notifications_in_flight),
         payload_bytes: opts.payload_bytes,
         prefetch: opts.prefetch,
         connections: opts.connections,
