@@ -381,6 +381,45 @@ fn with_shards_keda_has_a_trigger_per_job_queue_that_follows_the_total_depth() {
     let docs = tools::yaml_docs(&String::from_utf8(out.stdout).unwrap());
     let so = kind(&docs, "ScaledObject").unwrap();
     assert_eq!(so["spec"]["triggers"][2]["metadata"]["value"], "1");
+    // KEDA's own broker Secret (the workers' may hold several URLs); by default the
+    // workers' Secret.
+    let auth_secret = |set: &[&str]| {
+        let out = render(&["full-values.yaml"], set);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let docs = tools::yaml_docs(&String::from_utf8(out.stdout).unwrap());
+        let ta = kind(&docs, "TriggerAuthentication").unwrap();
+        let r = &ta["spec"]["secretTargetRef"][0];
+        (
+            r["name"].as_str().unwrap().to_string(),
+            r["key"].as_str().unwrap().to_string(),
+        )
+    };
+    let d = kind(&docs, "Deployment").unwrap();
+    let url_env = d["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["name"] == "APNS_WORKER__BROKER__URL")
+        .unwrap()["valueFrom"]["secretKeyRef"]
+        .clone();
+    assert_eq!(
+        auth_secret(&[]),
+        (
+            url_env["name"].as_str().unwrap().to_string(),
+            url_env["key"].as_str().unwrap().to_string()
+        )
+    );
+    assert_eq!(
+        auth_secret(&[
+            "autoscaling.keda.hostSecret.name=keda-amqp",
+            "autoscaling.keda.hostSecret.key=url"
+        ]),
+        ("keda-amqp".to_string(), "url".to_string())
+    );
     // Outside 1..=64: the chart refuses it, naming the value.
     for bad in ["queues.shards=0", "queues.shards=65"] {
         let out = render(&["full-values.yaml"], &[bad]);

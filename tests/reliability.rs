@@ -251,6 +251,78 @@ async fn broker_loss_mid_run_loses_nothing_and_readiness_follows() {
     broker::delete_topology(&conn, &q, &cfg.retry).await;
 }
 
+/// Several broker URLs (a cluster's nodes): the first that answers takes the session;
+/// when its node goes (the proxy in front of it cut), the worker moves to the next one,
+/// says which in `/readyz`'s facts and the metrics, and every job is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_node_moves_the_worker_to_the_next_url() {
+    const N: u64 = 4_000;
+    let m = mock_with(MockConfig {
+        faults: Faults {
+            latency_ms: 1,
+            ..Faults::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let q = broker::topology("failover");
+    let (a, b) = (
+        Proxy::start("127.0.0.1:5672").await,
+        Proxy::start("127.0.0.1:5672").await,
+    );
+    // A node that refuses connections comes first: it is skipped.
+    let refused = "amqp://guest:guest@127.0.0.1:1/%2f";
+    let mut cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 1))]);
+    cfg.broker.url =
+        apns::secret::Secret::new(format!("{refused} {} {}", a.amqp_url(), b.amqp_url()));
+    cfg.broker.reconnect_min_ms = 100;
+    cfg.broker.reconnect_max_ms = 300;
+    let conn = broker::connect().await;
+    let w = broker::start(cfg.clone()).await;
+    let fact = |w: &broker::Running| {
+        apns_worker::obs::Status::readiness(&*w.worker)
+            .facts
+            .iter()
+            .find(|(k, _)| *k == "broker_node")
+            .map(|(_, v)| v.clone())
+            .unwrap()
+    };
+    assert_eq!(fact(&w), a.addr.to_string());
+    let metrics = apns_worker::obs::Status::metrics_text(&*w.worker);
+    assert!(
+        metrics.contains(&format!("apns_worker_broker_node{{node=\"{}\"}} 1", a.addr)),
+        "{metrics}"
+    );
+    broker::publish_jobs(&conn, &q.jobs, (0..N).map(job_for).collect()).await;
+    w.wait_until("some delivered", Duration::from_secs(60), |s| {
+        s.delivered > 200
+    })
+    .await;
+    a.cut();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while fact(&w) != b.addr.to_string() || !w.worker.ready() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still on {} (ready {})",
+            fact(&w),
+            w.worker.ready()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    w.wait_drained(&conn, &q, &cfg.retry, Duration::from_secs(120))
+        .await;
+    let s = w.stop().await;
+    assert_eq!(s.broker_sessions, 2, "{s:?}");
+    let delivered: std::collections::BTreeSet<String> = m
+        .mock
+        .received()
+        .into_iter()
+        .map(|r| r.device_token)
+        .collect();
+    assert_eq!(delivered.len() as u64, N, "every job delivered: {s:?}");
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
+}
+
 /// 100,000 jobs, GOAWAY every 3,000 requests, 1% 503, 0.5% stream resets, latency
 /// spikes, the broker connection closed by the broker and cut on the network.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

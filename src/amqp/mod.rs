@@ -63,20 +63,55 @@ pub(crate) fn text(s: &str) -> AMQPValue {
 /// Connect with the replica's name shown in the management UI (and, for `amqps://`,
 /// the TLS settings of `broker.tls`).
 pub async fn connect(b: &BrokerSettings) -> Result<Connection, AmqpError> {
-    let url = b.effective_url()?;
-    let props =
-        ConnectionProperties::default().with_connection_name(LongString::from(b.connection_name()));
+    connect_from(b, 0).await.map(|c| c.conn)
+}
+
+/// A connection to one of the broker's nodes.
+pub struct Connected {
+    pub conn: Connection,
+    /// Which of `broker.url`'s URLs it went to (0-based).
+    pub index: usize,
+    /// Its `host:port` (never the credentials).
+    pub node: String,
+}
+
+/// Connect to the first of `broker.url`'s nodes that answers, trying them in order
+/// from `start` (wrapping around); with several URLs the connection name says which
+/// node (`<name> (<host>:<port>)`). The error is the last node's.
+pub async fn connect_from(b: &BrokerSettings, start: usize) -> Result<Connected, AmqpError> {
+    let urls = b.effective_urls()?;
     let tls = b.tls.lapin_config()?;
-    let runtime = lapin::runtime::default_runtime().map_err(AmqpError::Connect)?;
-    Connection::connect_with_config(url.expose(), props, tls, runtime)
-        .await
-        .map_err(|e| {
-            if is_untrusted_certificate(&e) {
-                AmqpError::UntrustedBroker(e)
-            } else {
-                AmqpError::Connect(e)
+    let mut last = None;
+    for k in 0..urls.len() {
+        let index = (start + k) % urls.len();
+        let url = &urls[index];
+        let node = url
+            .expose()
+            .parse::<lapin::uri::AMQPUri>()
+            .map(|u| format!("{}:{}", u.authority.host, u.authority.port))
+            .unwrap_or_default();
+        let name = if urls.len() > 1 {
+            format!("{} ({node})", b.connection_name())
+        } else {
+            b.connection_name()
+        };
+        let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
+        let runtime = lapin::runtime::default_runtime().map_err(AmqpError::Connect)?;
+        match Connection::connect_with_config(url.expose(), props, tls.clone(), runtime).await {
+            Ok(conn) => return Ok(Connected { conn, index, node }),
+            Err(e) => {
+                if urls.len() > 1 {
+                    tracing::warn!(%node, error = %e, "broker node did not take the connection; trying the next one");
+                }
+                last = Some(if is_untrusted_certificate(&e) {
+                    AmqpError::UntrustedBroker(e)
+                } else {
+                    AmqpError::Connect(e)
+                });
             }
-        })
+        }
+    }
+    Err(last.expect("effective_urls is never empty"))
 }
 
 /// Did the TLS handshake fail because the broker's certificate is not trusted (or not

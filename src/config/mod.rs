@@ -60,8 +60,9 @@ pub struct Config {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields, default)]
 pub struct BrokerSettings {
-    /// `amqp://user:pass@host:port/vhost` or `amqps://...` (TLS). Holds a password, so
-    /// it is a secret; `url_file` reads it from a mounted secret instead.
+    /// `amqp://user:pass@host:port/vhost` or `amqps://...` (TLS); several, separated by
+    /// whitespace, for a cluster's nodes (tried in order). Holds a password, so it is a
+    /// secret; `url_file` reads it from a mounted secret instead.
     pub url: Secret<String>,
     pub url_file: Option<PathBuf>,
     /// Shown in the management UI; defaults to `apns-worker@<hostname>`.
@@ -175,41 +176,81 @@ impl Default for BrokerSettings {
 }
 
 impl BrokerSettings {
-    /// The broker URL with the heartbeat applied, from `url_file` when set.
-    pub fn effective_url(&self) -> Result<Secret<String>, ConfigError> {
-        let base = match &self.url_file {
+    /// The broker URLs (one per node; `url` or `url_file` may hold several separated by
+    /// whitespace, tried in order), each with the heartbeat applied.
+    pub fn effective_urls(&self) -> Result<Vec<Secret<String>>, ConfigError> {
+        let raw = match &self.url_file {
             Some(f) => {
                 let raw = SecretSource::File(f.clone())
                     .load()
                     .map_err(|e| invalid(format!("broker.url_file: {e}")))?;
                 String::from_utf8(raw.expose().clone())
                     .map_err(|_| invalid("broker.url_file: not UTF-8"))?
-                    .trim()
-                    .to_string()
             }
             None => self.url.expose().clone(),
         };
+        let bases: Vec<&str> = raw.split_whitespace().collect();
+        if bases.is_empty() {
+            return Err(invalid(
+                "broker.url is empty: give amqp://user:password@host:port/vhost (several, separated by spaces, for a cluster's nodes)",
+            ));
+        }
+        let several = bases.len() > 1;
+        bases
+            .iter()
+            .enumerate()
+            .map(|(i, base)| {
+                // Which one, without quoting it (it holds a password).
+                let which = if several {
+                    format!(" (URL {} of {})", i + 1, bases.len())
+                } else {
+                    String::new()
+                };
+                self.one_url(base, &which)
+            })
+            .collect()
+    }
+
+    /// The first broker URL (of [`BrokerSettings::effective_urls`]).
+    pub fn effective_url(&self) -> Result<Secret<String>, ConfigError> {
+        Ok(self.effective_urls()?.swap_remove(0))
+    }
+
+    /// One URL checked, with the heartbeat applied; `which` names it among several.
+    fn one_url(&self, base: &str, which: &str) -> Result<Secret<String>, ConfigError> {
         if !(base.starts_with("amqp://") || base.starts_with("amqps://")) {
-            return Err(invalid("broker.url must start with amqp:// or amqps://"));
+            return Err(invalid(format!(
+                "broker.url{which} must start with amqp:// or amqps://"
+            )));
         }
         if self.tls.is_set() && !base.starts_with("amqps://") {
-            return Err(invalid(
-                "broker.tls is set but broker.url is not amqps://: use amqps:// (port 5671 by default) for TLS",
-            ));
+            return Err(invalid(format!(
+                "broker.tls is set but broker.url{which} is not amqps://: use amqps:// (port 5671 by default) for TLS"
+            )));
         }
         // The parser's own message may quote the URL, password included: not shown.
         if base.parse::<lapin::uri::AMQPUri>().is_err() {
-            return Err(invalid(
-                "broker.url does not parse as an AMQP URL: check its form, amqp://user:password@host:port/vhost (percent-encode special characters in the user, password and vhost)",
-            ));
+            return Err(invalid(format!(
+                "broker.url{which} does not parse as an AMQP URL: check its form, amqp://user:password@host:port/vhost (percent-encode special characters in the user, password and vhost)"
+            )));
         }
         let sep = if base.contains('?') { '&' } else { '?' };
         let url = if base.contains("heartbeat=") {
-            base
+            base.to_string()
         } else {
             format!("{base}{sep}heartbeat={}", self.heartbeat_secs)
         };
         Ok(Secret::new(url))
+    }
+
+    /// `host:port` of each broker URL, in order: never the credentials.
+    pub fn nodes(&self) -> Vec<String> {
+        self.effective_urls()
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|u| u.expose().parse::<lapin::uri::AMQPUri>().ok())
+            .map(|u| format!("{}:{}", u.authority.host, u.authority.port))
+            .collect()
     }
 
     /// `host:port` of the broker, for messages: never the credentials.

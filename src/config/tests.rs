@@ -145,6 +145,50 @@ fn broker_url_gets_a_heartbeat_and_stays_secret() {
 }
 
 #[test]
+fn several_broker_urls_are_tried_in_order_and_each_is_checked() {
+    let c = Config::from_toml(
+        "[broker]\nurl = \"amqp://u:pw@rmq-0:5672/%2f amqp://u:pw@rmq-1:5673/%2f\\n  amqp://u:pw@rmq-2/%2f?heartbeat=5\"\nheartbeat_secs = 15",
+        "t",
+    )
+    .unwrap();
+    let urls: Vec<String> = c
+        .broker
+        .effective_urls()
+        .unwrap()
+        .iter()
+        .map(|u| u.expose().clone())
+        .collect();
+    assert_eq!(
+        urls,
+        [
+            "amqp://u:pw@rmq-0:5672/%2f?heartbeat=15",
+            "amqp://u:pw@rmq-1:5673/%2f?heartbeat=15",
+            "amqp://u:pw@rmq-2/%2f?heartbeat=5",
+        ]
+    );
+    assert_eq!(c.broker.nodes(), ["rmq-0:5672", "rmq-1:5673", "rmq-2:5672"]);
+    assert_eq!(c.broker.effective_url().unwrap().expose(), &urls[0]);
+    // A bad one among several is named by its place, never quoted.
+    for (url, want) in [
+        (
+            "amqp://u:pw@a/%2f http://u:pw@b/",
+            "broker.url (URL 2 of 2) must start with amqp://",
+        ),
+        (
+            "amqp://u:pw@a/%2f amqp://u:pw@[bad",
+            "broker.url (URL 2 of 2) does not parse",
+        ),
+        ("  ", "broker.url is empty"),
+    ] {
+        let e = Config::from_toml(&format!("[broker]\nurl = \"{url}\""), "t")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(want), "{url}: {e}");
+        assert!(!e.contains("pw"), "{e}");
+    }
+}
+
+#[test]
 fn secrets_never_print() {
     let c = Config::from_toml(FULL, "t").unwrap();
     let shown = format!("{c:?} {}", toml::to_string(&c).unwrap());

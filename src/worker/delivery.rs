@@ -200,7 +200,7 @@ fn job_span(w: &Worker, inc: &Incoming) -> tracing::Span {
         messaging.message.id = tracing::field::Empty,
         messaging.message.body.size = inc.body.len(),
         messaging.rabbitmq.message.delivery_tag = inc.tag,
-        server.address = host,
+        server.address = host.as_str(),
         server.port = port,
         error.type = tracing::field::Empty,
         trace_id = tracing::field::Empty,

@@ -19,6 +19,24 @@ pub struct Health {
     /// Shutting down: fan-out jobs start no more sends; their unsent tokens go on as a
     /// child job for another replica.
     pub draining: AtomicBool,
+    /// The broker node of the current (or last) session: host and port.
+    pub broker_node: std::sync::Mutex<(String, u16)>,
+}
+
+impl Health {
+    /// `host:port` of the broker node of the current (or last) session.
+    pub fn broker_node(&self) -> (String, u16) {
+        self.broker_node
+            .lock()
+            .map(|n| n.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn set_broker_node(&self, host: String, port: u16) {
+        if let Ok(mut n) = self.broker_node.lock() {
+            *n = (host, port);
+        }
+    }
 }
 
 fn gauge(name: &'static str, help: &'static str, samples: Vec<Sample>) -> Snapshot {
@@ -165,6 +183,17 @@ pub fn snapshot(
             "apns_worker_broker_connected",
             "1 when connected to RabbitMQ",
             one(h.broker_connected.load(Ordering::Relaxed)),
+        ),
+        gauge(
+            "apns_worker_broker_node",
+            "1 for the broker node (host:port) of the current session, 0 while disconnected",
+            {
+                let (host, port) = h.broker_node();
+                vec![Sample::Gauge(
+                    vec![("node", format!("{host}:{port}"))],
+                    i64::from(h.broker_connected.load(Ordering::Relaxed)),
+                )]
+            },
         ),
         gauge(
             "apns_worker_consuming",

@@ -40,12 +40,14 @@ pub async fn serve(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> S
     };
     let mut delays = new_backoff();
     let mut previous: Option<JoinSet<()>> = None;
+    // The broker node tried first: after a lost session, the next one in the list.
+    let mut first_node = 0;
     loop {
         let opened = tokio::select! {
-            r = open_session(&worker) => r,
+            r = open_session(&worker, first_node) => r,
             _ = &mut shutdown => break,
         };
-        let (conn, session) = match opened {
+        let (conn, session, node) = match opened {
             Ok(s) => s,
             Err(e) => {
                 let wait = delays.next().unwrap_or(Duration::from_secs(30));
@@ -88,6 +90,8 @@ pub async fn serve(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> S
                 session.mark_gone();
                 amqp::close(&conn).await;
                 previous = Some(tasks);
+                // The node may be the one going down: start with the next one.
+                first_node = node + 1;
                 // A session that ends soon after it began (a publish that keeps failing,
                 // a flapping broker) must not turn into a tight reconnect loop.
                 if session_started.elapsed() >= STABLE_SESSION {
@@ -117,13 +121,23 @@ pub async fn serve(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> S
     summary
 }
 
-async fn open_session(w: &Worker) -> Result<(lapin::Connection, Arc<Session>), amqp::AmqpError> {
-    let conn = amqp::connect(&w.cfg.broker).await?;
+/// Connect (to the first node that answers, from `first_node` on), declare, and say
+/// which node it is; the node's index comes back with the session.
+async fn open_session(
+    w: &Worker,
+    first_node: usize,
+) -> Result<(lapin::Connection, Arc<Session>, usize), amqp::AmqpError> {
+    let amqp::Connected { conn, index, node } =
+        amqp::connect_from(&w.cfg.broker, first_node).await?;
+    if let Some((host, port)) = node.rsplit_once(':') {
+        w.health
+            .set_broker_node(host.to_string(), port.parse().unwrap_or_default());
+    }
     let publisher = Publisher::open(&conn).await?;
     if w.cfg.queues.declare {
         amqp::declare_topology(publisher.channel(), &w.cfg.queues, &w.cfg.retry).await?;
     }
-    tracing::info!(connection_name = %w.cfg.broker.connection_name(), queue = %w.cfg.queues.jobs, shards = w.cfg.queues.shards, "connected to the broker");
+    tracing::info!(connection_name = %w.cfg.broker.connection_name(), %node, queue = %w.cfg.queues.jobs, shards = w.cfg.queues.shards, "connected to the broker");
     // A lowered `queues.shards` leaves the queues beyond it unconsumed: say so while
     // they hold jobs.
     let beyond = amqp::first_unconsumed_shard(&w.cfg.queues);
@@ -140,7 +154,7 @@ async fn open_session(w: &Worker) -> Result<(lapin::Connection, Arc<Session>), a
             w.cfg.queues.jobs
         );
     }
-    Ok((conn, Arc::new(Session::new(publisher))))
+    Ok((conn, Arc::new(Session::new(publisher)), index))
 }
 
 async fn consume(

@@ -42,8 +42,6 @@ pub struct Worker {
     /// With an urgent lane: the bulk lane's share of `sends` (all but
     /// `worker.urgent_reserved`), taken before a permit of `sends`.
     pub(super) bulk_sends: Option<tokio::sync::Semaphore>,
-    /// The broker's host and port, for spans.
-    pub(super) broker_at: (String, u16),
     /// The queues each broker session consumes, with their prefetch.
     pub(super) consumed: crate::amqp::ConsumedQueues,
 }
@@ -81,7 +79,12 @@ impl Worker {
             ),
             recent: Recent::new(cfg.worker.dedupe_capacity),
             client,
-            health: Health::default(),
+            health: {
+                let h = Health::default();
+                let (host, port) = cfg.broker.host_port().unwrap_or_default();
+                h.set_broker_node(host, port);
+                h
+            },
             observer: Observer::default(),
             sends: tokio::sync::Semaphore::new(cfg.worker.max_notifications_in_flight),
             bulk_sends: (!cfg.queues.urgent.is_empty()).then(|| {
@@ -89,7 +92,6 @@ impl Worker {
                     cfg.worker.max_notifications_in_flight - cfg.worker.urgent_reserved,
                 )
             }),
-            broker_at: cfg.broker.host_port().unwrap_or_default(),
             consumed: crate::amqp::consumed_queues(&cfg.queues, cfg.broker.prefetch),
             cfg,
         }))
@@ -136,9 +138,9 @@ impl Worker {
         &self.cfg
     }
 
-    /// The broker's host and port (for spans' `server.address`, `server.port`).
-    pub(super) fn broker_address(&self) -> (&str, u16) {
-        (&self.broker_at.0, self.broker_at.1)
+    /// The broker node's host and port (for spans' `server.address`, `server.port`).
+    pub(super) fn broker_address(&self) -> (String, u16) {
+        self.health.broker_node()
     }
 
     /// Give app `name` new credentials (and endpoint, connections, CA): new
@@ -166,6 +168,10 @@ impl Status for Worker {
             ready: connected && consuming && self.circuits.any_sending(),
             facts: vec![
                 ("broker_connected", connected.to_string()),
+                ("broker_node", {
+                    let (host, port) = self.health.broker_node();
+                    format!("{host}:{port}")
+                }),
                 ("consuming", consuming.to_string()),
                 ("apps_paused", self.circuits.paused().join(",")),
             ],
