@@ -321,6 +321,21 @@ async fn a_lost_node_moves_the_worker_to_the_next_url() {
         .collect();
     assert_eq!(delivered.len() as u64, N, "every job delivered: {s:?}");
     broker::delete_topology(&conn, &q, &cfg.retry).await;
+    // No node answers: one sentence naming every node tried, never a password.
+    let mut none = cfg.broker.clone();
+    none.url = apns::secret::Secret::new(format!("{refused} amqp://guest:pw@127.0.0.1:2/%2f"));
+    let err = apns_worker::amqp::connect(&none)
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with(
+            "none of the broker's 2 nodes took the connection (tried 127.0.0.1:1, 127.0.0.1:2)"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("pw"), "{err}");
 }
 
 /// 100,000 jobs, GOAWAY every 3,000 requests, 1% 503, 0.5% stream resets, latency

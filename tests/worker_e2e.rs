@@ -730,8 +730,7 @@ async fn urgent_jobs_are_not_behind_the_bulk_backlog() {
 
 /// `queues.shards = 3`: `publish` spreads jobs over the three job queues in turn, every
 /// replica consumes all three (two replicas here), and every job is delivered once. A
-/// queue beyond the count (left by a lowered `shards`) is not consumed; its depth is
-/// what the start-up warning reads.
+/// queue beyond the count (left by a lowered `shards`) is not consumed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sharded_job_queues_are_spread_and_all_consumed() {
     logs();
@@ -764,7 +763,7 @@ async fn sharded_job_queues_are_spread_and_all_consumed() {
         assert_eq!(broker::depth(&conn, name).await, 1_000, "{name}");
     }
     // A fourth queue, beyond the count: five jobs nobody consumes.
-    let beyond = apns_worker::amqp::first_unconsumed_shard(&q);
+    let beyond = format!("{}.3", q.jobs);
     let ch = conn.create_channel().await.unwrap();
     ch.queue_declare(
         beyond.as_str().into(),

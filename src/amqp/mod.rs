@@ -16,8 +16,8 @@ pub use consumer::{Consumer, Incoming};
 pub use publisher::{PublishError, Publisher, event_props, job_props};
 pub use topology::{
     Argument, ConsumedQueues, Declaration, Entity, ExchangeType, Topology, consumed_queues,
-    declare_topology, delay_queue_name, delete_entities, depth_if_exists, first_unconsumed_shard,
-    job_queue_names, plan as topology_plan, ready_prefetch, ready_queue_name,
+    declare_topology, delay_queue_name, delete_entities, depth_if_exists, job_queue_names,
+    plan as topology_plan, ready_prefetch, ready_queue_name,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +26,14 @@ pub enum AmqpError {
     Url(#[from] ConfigError),
     #[error("connecting to the broker failed: {0}")]
     Connect(lapin::Error),
+    #[error(
+        "none of the broker's {count} nodes took the connection (tried {tried}); the last one's error: {last}"
+    )]
+    NoNode {
+        count: usize,
+        tried: String,
+        last: lapin::Error,
+    },
     #[error(
         "the broker's TLS certificate is not trusted ({0}): set broker.tls.ca_file to the CA that signed it, and connect by a host name the certificate names"
     )]
@@ -81,6 +89,8 @@ pub struct Connected {
 pub async fn connect_from(b: &BrokerSettings, start: usize) -> Result<Connected, AmqpError> {
     let urls = b.effective_urls()?;
     let tls = b.tls.lapin_config()?;
+    let mut untrusted = None;
+    let mut tried = Vec::with_capacity(urls.len());
     let mut last = None;
     for k in 0..urls.len() {
         let index = (start + k) % urls.len();
@@ -99,19 +109,35 @@ pub async fn connect_from(b: &BrokerSettings, start: usize) -> Result<Connected,
         let runtime = lapin::runtime::default_runtime().map_err(AmqpError::Connect)?;
         match Connection::connect_with_config(url.expose(), props, tls.clone(), runtime).await {
             Ok(conn) => return Ok(Connected { conn, index, node }),
-            Err(e) => {
-                if urls.len() > 1 {
-                    tracing::warn!(%node, error = %e, "broker node did not take the connection; trying the next one");
-                }
-                last = Some(if is_untrusted_certificate(&e) {
+            Err(e) if urls.len() == 1 => {
+                return Err(if is_untrusted_certificate(&e) {
                     AmqpError::UntrustedBroker(e)
                 } else {
                     AmqpError::Connect(e)
                 });
             }
+            Err(e) => {
+                tracing::warn!(%node, node_number = index + 1, nodes = urls.len(), error = %e, "broker node did not take the connection");
+                if is_untrusted_certificate(&e) {
+                    untrusted = Some(e);
+                } else {
+                    last = Some(e);
+                }
+                tried.push(node);
+            }
         }
     }
-    Err(last.expect("effective_urls is never empty"))
+    // A node whose certificate is not trusted is a configuration error, whatever the
+    // others did.
+    match (untrusted, last) {
+        (Some(e), _) => Err(AmqpError::UntrustedBroker(e)),
+        (None, Some(last)) => Err(AmqpError::NoNode {
+            count: urls.len(),
+            tried: tried.join(", "),
+            last,
+        }),
+        (None, None) => unreachable!("effective_urls is never empty"),
+    }
 }
 
 /// Did the TLS handshake fail because the broker's certificate is not trusted (or not

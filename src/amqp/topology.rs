@@ -45,12 +45,6 @@ pub fn job_queue_names(q: &QueueSettings) -> Vec<String> {
     names
 }
 
-/// The first job queue beyond `queues.shards`: it exists with jobs in it when the
-/// count was lowered before that queue was empty (nobody consumes it any more).
-pub fn first_unconsumed_shard(q: &QueueSettings) -> String {
-    format!("{}.{}", q.jobs, q.shards.max(1))
-}
-
 /// What a replica consumes, in the order it looks at them, each with its prefetch:
 /// the urgent lane (when set) and the ready queue with a quarter of `prefetch` each,
 /// then the job queues, which share `prefetch` (each its share, at least 1).
@@ -553,7 +547,6 @@ mod tests {
         }
         .queue_names();
         assert_eq!(&names[..3], ["apns.jobs", "apns.jobs.1", "apns.jobs.2"]);
-        assert_eq!(first_unconsumed_shard(&q), "apns.jobs.3");
         assert_eq!(job_queue_names(&queues(1, "")), ["apns.jobs"]);
     }
 }

@@ -189,11 +189,16 @@ impl BrokerSettings {
             }
             None => self.url.expose().clone(),
         };
+        let setting = if self.url_file.is_some() {
+            "broker.url_file"
+        } else {
+            "broker.url"
+        };
         let bases: Vec<&str> = raw.split_whitespace().collect();
         if bases.is_empty() {
-            return Err(invalid(
-                "broker.url is empty: give amqp://user:password@host:port/vhost (several, separated by spaces, for a cluster's nodes)",
-            ));
+            return Err(invalid(format!(
+                "{setting} is empty: give amqp://user:password@host:port/vhost (several, separated by spaces, for a cluster's nodes)"
+            )));
         }
         let several = bases.len() > 1;
         bases
@@ -202,9 +207,9 @@ impl BrokerSettings {
             .map(|(i, base)| {
                 // Which one, without quoting it (it holds a password).
                 let which = if several {
-                    format!(" (URL {} of {})", i + 1, bases.len())
+                    format!("{setting} (URL {} of {})", i + 1, bases.len())
                 } else {
-                    String::new()
+                    setting.to_string()
                 };
                 self.one_url(base, &which)
             })
@@ -216,22 +221,23 @@ impl BrokerSettings {
         Ok(self.effective_urls()?.swap_remove(0))
     }
 
-    /// One URL checked, with the heartbeat applied; `which` names it among several.
+    /// One URL checked, with the heartbeat applied; `which` names its setting, and its
+    /// place among several.
     fn one_url(&self, base: &str, which: &str) -> Result<Secret<String>, ConfigError> {
         if !(base.starts_with("amqp://") || base.starts_with("amqps://")) {
             return Err(invalid(format!(
-                "broker.url{which} must start with amqp:// or amqps://"
+                "{which} must start with amqp:// or amqps://"
             )));
         }
         if self.tls.is_set() && !base.starts_with("amqps://") {
             return Err(invalid(format!(
-                "broker.tls is set but broker.url{which} is not amqps://: use amqps:// (port 5671 by default) for TLS"
+                "broker.tls is set but {which} is not amqps://: use amqps:// (port 5671 by default) for TLS"
             )));
         }
         // The parser's own message may quote the URL, password included: not shown.
         if base.parse::<lapin::uri::AMQPUri>().is_err() {
             return Err(invalid(format!(
-                "broker.url{which} does not parse as an AMQP URL: check its form, amqp://user:password@host:port/vhost (percent-encode special characters in the user, password and vhost)"
+                "{which} does not parse as an AMQP URL: check its form, amqp://user:password@host:port/vhost (percent-encode special characters in the user, password and vhost)"
             )));
         }
         let sep = if base.contains('?') { '&' } else { '?' };

@@ -330,6 +330,34 @@ fn fan_out(given: Vec<String>, max: usize) -> Result<FanOut, JobError> {
     Ok(out)
 }
 
+/// What a job that could not be decoded still tells, for its receipt and log line:
+/// its `id`, `device_token` and `channel_id` when the body is a JSON object holding
+/// them as strings (each cut to 256 bytes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub id: Option<String>,
+    pub device_token: Option<String>,
+    pub channel_id: Option<String>,
+}
+
+/// [`Hints`] of a body (never an error: what cannot be read is absent).
+pub fn hints(body: &[u8]) -> Hints {
+    let Ok(map) = serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(body) else {
+        return Hints::default();
+    };
+    let text = |k: &str| {
+        map.get(k)
+            .and_then(|v| v.as_str())
+            .filter(|s| !s.is_empty())
+            .map(|s| crate::settle::truncate(s, 256).to_string())
+    };
+    Hints {
+        id: text("id"),
+        device_token: text("device_token"),
+        channel_id: text("channel_id"),
+    }
+}
+
 /// Decode and validate one job. `body` is the message body; the payload is sliced
 /// out of it without copying or re-serialising.
 pub fn decode_limited(
@@ -460,6 +488,22 @@ pub fn decode_limited(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn hints_of_bodies_that_do_not_decode() {
+        let h = super::hints(br#"{"id": "j1", "device_token": "zz12", "color": "red"}"#);
+        assert_eq!(h.id.as_deref(), Some("j1"));
+        assert_eq!(h.device_token.as_deref(), Some("zz12"));
+        assert_eq!(h.channel_id, None);
+        assert_eq!(super::hints(b"{not json"), super::Hints::default());
+        let h = super::hints(br#"{"id": 7, "device_token": ["a"]}"#);
+        assert_eq!((h.id, h.device_token), (None, None));
+        let long = format!(r#"{{"device_token": "{}"}}"#, "a".repeat(1000));
+        assert_eq!(
+            super::hints(long.as_bytes()).device_token.unwrap().len(),
+            256
+        );
+    }
+
     use super::*;
 
     const TOKEN: &str = "00fc13adff785122b4ad28809a3420982341241421348097878e577c991de8f0";

@@ -294,13 +294,33 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
     let app = job
         .map(|j| j.app.as_str())
         .or_else(|| w.apps.app_hint(&inc.body));
+    // A job that did not decode (invalid, or its app or topic unknown here) still names
+    // its id and token for its receipt and log line, when its body says them.
+    let hints = match job {
+        Some(_) => job::Hints::default(),
+        None => job::hints(&inc.body),
+    };
+    let job_id = job
+        .and_then(|j| j.job_id.as_deref())
+        .or(hints.id.as_deref())
+        .or(inc.message_id());
+    let device_token = job
+        .and_then(|j| j.notification.device_token())
+        .or(hints.device_token.as_deref());
+    // The apns-id it has (or will have, once decoded): from its id or message id.
+    let apns_id = key
+        .map(|k| k.apns_id)
+        .or_else(|| job::derive_apns_id(hints.id.as_deref(), &env));
+    let channel_id = job
+        .and_then(|j| j.notification.channel_id())
+        .or(hints.channel_id.as_deref());
     let receipts: Vec<outcomes::Receipt> = if w.cfg.queues.outcomes {
         let subject = outcomes::Subject {
-            job_id: job.and_then(|j| j.job_id.as_deref()).or(inc.message_id()),
-            apns_id: key.map(|k| k.apns_id),
+            job_id,
+            apns_id,
             app,
-            device_token: job.and_then(|j| j.notification.device_token()),
-            channel_id: job.and_then(|j| j.notification.channel_id()),
+            device_token,
+            channel_id,
             attempts_before,
         };
         outcomes::receipt(&subject, &decision.settlement, SystemTime::now())
@@ -332,9 +352,9 @@ async fn process_job(w: Arc<Worker>, s: Arc<Session>, inc: Incoming, guard: Guar
     .await;
     w.observer.delivery(&Report {
         app,
-        apns_id: key.map(|k| k.apns_id),
-        device_token: job.and_then(|j| j.notification.device_token()),
-        channel_id: job.and_then(|j| j.notification.channel_id()),
+        apns_id,
+        device_token,
+        channel_id,
         attempts_before,
         message_id: inc.message_id(),
         trace_id: inc.trace_id(),

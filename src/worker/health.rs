@@ -19,7 +19,8 @@ pub struct Health {
     /// Shutting down: fan-out jobs start no more sends; their unsent tokens go on as a
     /// child job for another replica.
     pub draining: AtomicBool,
-    /// The broker node of the current (or last) session: host and port.
+    /// The broker node of the current (or last) session: host and port (empty before
+    /// the first session).
     pub broker_node: std::sync::Mutex<(String, u16)>,
 }
 
@@ -188,11 +189,17 @@ pub fn snapshot(
             "apns_worker_broker_node",
             "1 for the broker node (host:port) of the current session, 0 while disconnected",
             {
+                // No sample before the first session: no node was reached yet.
                 let (host, port) = h.broker_node();
-                vec![Sample::Gauge(
-                    vec![("node", format!("{host}:{port}"))],
-                    i64::from(h.broker_connected.load(Ordering::Relaxed)),
-                )]
+                (!host.is_empty())
+                    .then(|| {
+                        Sample::Gauge(
+                            vec![("node", format!("{host}:{port}"))],
+                            i64::from(h.broker_connected.load(Ordering::Relaxed)),
+                        )
+                    })
+                    .into_iter()
+                    .collect()
             },
         ),
         gauge(

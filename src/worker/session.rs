@@ -138,22 +138,6 @@ async fn open_session(
         amqp::declare_topology(publisher.channel(), &w.cfg.queues, &w.cfg.retry).await?;
     }
     tracing::info!(connection_name = %w.cfg.broker.connection_name(), %node, queue = %w.cfg.queues.jobs, shards = w.cfg.queues.shards, "connected to the broker");
-    // A lowered `queues.shards` leaves the queues beyond it unconsumed: say so while
-    // they hold jobs.
-    let beyond = amqp::first_unconsumed_shard(&w.cfg.queues);
-    if let Some(jobs) = amqp::depth_if_exists(&conn, &beyond)
-        .await
-        .filter(|n| *n > 0)
-    {
-        tracing::warn!(
-            queue = %beyond,
-            jobs,
-            shards = w.cfg.queues.shards,
-            "queue {beyond} holds {jobs} job(s) that no replica consumes (queues.shards = {} leaves it out): raise queues.shards back until it is empty, or move its jobs to {} with a shovel",
-            w.cfg.queues.shards,
-            w.cfg.queues.jobs
-        );
-    }
     Ok((conn, Arc::new(Session::new(publisher)), index))
 }
 

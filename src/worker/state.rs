@@ -79,12 +79,7 @@ impl Worker {
             ),
             recent: Recent::new(cfg.worker.dedupe_capacity),
             client,
-            health: {
-                let h = Health::default();
-                let (host, port) = cfg.broker.host_port().unwrap_or_default();
-                h.set_broker_node(host, port);
-                h
-            },
+            health: Health::default(),
             observer: Observer::default(),
             sends: tokio::sync::Semaphore::new(cfg.worker.max_notifications_in_flight),
             bulk_sends: (!cfg.queues.urgent.is_empty()).then(|| {
@@ -169,8 +164,13 @@ impl Status for Worker {
             facts: vec![
                 ("broker_connected", connected.to_string()),
                 ("broker_node", {
+                    // The node of the current (or last) session; none before the first.
                     let (host, port) = self.health.broker_node();
-                    format!("{host}:{port}")
+                    if host.is_empty() {
+                        "none".to_string()
+                    } else {
+                        format!("{host}:{port}")
+                    }
                 }),
                 ("consuming", consuming.to_string()),
                 ("apps_paused", self.circuits.paused().join(",")),

@@ -12,7 +12,6 @@ use apns_worker::amqp::{self, Topology};
 use apns_worker::config::{AppConfig, Config, QueueSettings, RetrySettings};
 use apns_worker::publish::synthetic_token as token;
 use apns_worker::worker::{StartError, Worker, serve};
-use lapin::options::QueueDeclareOptions;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -240,23 +239,7 @@ pub async fn run(broker_url: &str, total: u64) -> Result<(), DemoError> {
 
     let depth = |q: String| {
         let conn = &conn;
-        async move {
-            let ch = conn.create_channel().await.ok()?;
-            let d = ch
-                .queue_declare(
-                    q.as_str().into(),
-                    QueueDeclareOptions {
-                        passive: true,
-                        ..Default::default()
-                    },
-                    Default::default(),
-                )
-                .await
-                .ok()
-                .map(|q| q.message_count());
-            let _ = ch.close(200, "bye".into()).await;
-            d
-        }
+        async move { amqp::depth_if_exists(conn, &q).await }
     };
     let dlq = depth(queues.dead_letter_queue.clone()).await.unwrap_or(0);
     let cleanup = depth(queues.cleanup_queue.clone()).await.unwrap_or(0);
