@@ -88,6 +88,10 @@ enum Command {
         /// The worker's `worker.max_notifications_in_flight` (default: its default).
         #[arg(long)]
         max_in_flight: Option<usize>,
+        /// The outcome stream on (`queues.outcomes`): one confirmed receipt per
+        /// notification beside each settlement.
+        #[arg(long)]
+        outcomes: bool,
         /// The worker to run: another build to compare with this one, or a wrapper
         /// script that `exec`s one under a profiler (default: the `apns-worker` built
         /// next to this executable).
@@ -142,6 +146,7 @@ fn main() -> ExitCode {
                 shards,
                 apns_latency_ms,
                 max_in_flight,
+                outcomes,
                 worker_bin,
             } => {
                 if sender_only {
@@ -170,6 +175,7 @@ fn main() -> ExitCode {
                     shards,
                     apns_latency_ms,
                     max_in_flight,
+                    outcomes,
                 };
                 if let Some(dir) = sweep {
                     bench::sweep(&opts, &dir).await.map_err(|e| e.to_string())?;

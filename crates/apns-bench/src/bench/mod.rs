@@ -80,6 +80,8 @@ pub struct BenchOptions {
     pub apns_latency_ms: u64,
     /// `worker.max_notifications_in_flight`; None: the worker's default.
     pub max_in_flight: Option<usize>,
+    /// The outcome stream on (`queues.outcomes`): a receipt per notification.
+    pub outcomes: bool,
 }
 
 /// The figures of one run.
@@ -96,6 +98,8 @@ pub struct BenchReport {
     pub apns_latency_ms: u64,
     /// The worker's `max_notifications_in_flight`.
     pub max_in_flight: usize,
+    /// The outcome stream was on.
+    pub outcomes: bool,
     pub payload_bytes: usize,
     pub prefetch: u16,
     pub connections: usize,
@@ -285,6 +289,7 @@ pub async fn run(opts: &BenchOptions) -> Result<BenchReport, BenchError> {
     let prefix = format!("bench.{}.", &id[..8]);
     let q = QueueSettings {
         shards: opts.shards.max(1),
+        outcomes: opts.outcomes,
         ..QueueSettings::with_prefix(&prefix)
     };
     let config = worker_config(opts, &q, &mock, &dir)?;
@@ -337,6 +342,7 @@ async fn measure(
         max_in_flight: opts
             .max_in_flight
             .unwrap_or(Config::default().worker.max_notifications_in_flight),
+        outcomes: opts.outcomes,
         payload_bytes: opts.payload_bytes,
         prefetch: opts.prefetch,
         connections: opts.connections,

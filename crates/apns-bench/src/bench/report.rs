@@ -10,7 +10,7 @@ pub fn print_table(r: &BenchReport) {
             .unwrap_or_else(|| "-".into())
     };
     println!(
-        "apns-worker bench: {} notifications ({} per job) of {} B over {} job queue(s), prefetch {}, {} connection(s), ack batch {}, {} sends in flight, APNs answers after {} ms",
+        "apns-worker bench: {} notifications ({} per job) of {} B over {} job queue(s), prefetch {}, {} connection(s), ack batch {}, {} sends in flight, APNs answers after {} ms{}",
         r.jobs,
         r.tokens_per_job,
         r.payload_bytes,
@@ -19,7 +19,12 @@ pub fn print_table(r: &BenchReport) {
         r.connections,
         r.ack_batch,
         r.max_in_flight,
-        r.apns_latency_ms
+        r.apns_latency_ms,
+        if r.outcomes {
+            ", outcome stream on"
+        } else {
+            ""
+        }
     );
     println!(
         "  bare lapin consumer (broker ceiling)  {}",
