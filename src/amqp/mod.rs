@@ -79,8 +79,8 @@ pub struct Connected {
     pub conn: Connection,
     /// Which of `broker.url`'s URLs it went to (0-based).
     pub index: usize,
-    /// Its `host:port` (never the credentials).
-    pub node: String,
+    /// Its host and port (never the credentials).
+    pub node: (String, u16),
 }
 
 /// Connect to the first of `broker.url`'s nodes that answers, trying them in order
@@ -88,6 +88,7 @@ pub struct Connected {
 /// node (`<name> (<host>:<port>)`). The error is the last node's.
 pub async fn connect_from(b: &BrokerSettings, start: usize) -> Result<Connected, AmqpError> {
     let urls = b.effective_urls()?;
+    let nodes = b.nodes();
     let tls = b.tls.lapin_config()?;
     let mut untrusted = None;
     let mut tried = Vec::with_capacity(urls.len());
@@ -95,11 +96,7 @@ pub async fn connect_from(b: &BrokerSettings, start: usize) -> Result<Connected,
     for k in 0..urls.len() {
         let index = (start + k) % urls.len();
         let url = &urls[index];
-        let node = url
-            .expose()
-            .parse::<lapin::uri::AMQPUri>()
-            .map(|u| format!("{}:{}", u.authority.host, u.authority.port))
-            .unwrap_or_default();
+        let node = format!("{}:{}", nodes[index].0, nodes[index].1);
         let name = if urls.len() > 1 {
             format!("{} ({node})", b.connection_name())
         } else {
@@ -108,7 +105,13 @@ pub async fn connect_from(b: &BrokerSettings, start: usize) -> Result<Connected,
         let props = ConnectionProperties::default().with_connection_name(LongString::from(name));
         let runtime = lapin::runtime::default_runtime().map_err(AmqpError::Connect)?;
         match Connection::connect_with_config(url.expose(), props, tls.clone(), runtime).await {
-            Ok(conn) => return Ok(Connected { conn, index, node }),
+            Ok(conn) => {
+                return Ok(Connected {
+                    conn,
+                    index,
+                    node: nodes[index].clone(),
+                });
+            }
             Err(e) if urls.len() == 1 => {
                 return Err(if is_untrusted_certificate(&e) {
                     AmqpError::UntrustedBroker(e)

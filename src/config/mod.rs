@@ -249,13 +249,12 @@ impl BrokerSettings {
         Ok(Secret::new(url))
     }
 
-    /// `host:port` of each broker URL, in order: never the credentials.
-    pub fn nodes(&self) -> Vec<String> {
+    /// Host and port of each broker URL, in order: never the credentials.
+    pub fn nodes(&self) -> Vec<(String, u16)> {
         self.effective_urls()
             .unwrap_or_default()
             .iter()
-            .filter_map(|u| u.expose().parse::<lapin::uri::AMQPUri>().ok())
-            .map(|u| format!("{}:{}", u.authority.host, u.authority.port))
+            .map(node_of)
             .collect()
     }
 
@@ -289,6 +288,14 @@ impl BrokerSettings {
             format!("apns-worker@{host}")
         })
     }
+}
+
+/// Host and port of a broker URL (empty if it does not parse; checked URLs do).
+pub fn node_of(url: &Secret<String>) -> (String, u16) {
+    url.expose()
+        .parse::<lapin::uri::AMQPUri>()
+        .map(|u| (u.authority.host, u.authority.port))
+        .unwrap_or_default()
 }
 
 /// Queue type of the jobs queue.

@@ -166,7 +166,13 @@ fn several_broker_urls_are_tried_in_order_and_each_is_checked() {
             "amqp://u:pw@rmq-2/%2f?heartbeat=5",
         ]
     );
-    assert_eq!(c.broker.nodes(), ["rmq-0:5672", "rmq-1:5673", "rmq-2:5672"]);
+    let nodes: Vec<String> = c
+        .broker
+        .nodes()
+        .iter()
+        .map(|(h, p)| format!("{h}:{p}"))
+        .collect();
+    assert_eq!(nodes, ["rmq-0:5672", "rmq-1:5673", "rmq-2:5672"]);
     assert_eq!(c.broker.effective_url().unwrap().expose(), &urls[0]);
     // A bad one among several is named by its place, never quoted.
     for (url, want) in [

@@ -129,15 +129,13 @@ async fn open_session(
 ) -> Result<(lapin::Connection, Arc<Session>, usize), amqp::AmqpError> {
     let amqp::Connected { conn, index, node } =
         amqp::connect_from(&w.cfg.broker, first_node).await?;
-    if let Some((host, port)) = node.rsplit_once(':') {
-        w.health
-            .set_broker_node(host.to_string(), port.parse().unwrap_or_default());
-    }
+    let node_name = format!("{}:{}", node.0, node.1);
+    w.health.set_broker_node(node.0, node.1);
     let publisher = Publisher::open(&conn).await?;
     if w.cfg.queues.declare {
         amqp::declare_topology(publisher.channel(), &w.cfg.queues, &w.cfg.retry).await?;
     }
-    tracing::info!(connection_name = %w.cfg.broker.connection_name(), %node, queue = %w.cfg.queues.jobs, shards = w.cfg.queues.shards, "connected to the broker");
+    tracing::info!(connection_name = %w.cfg.broker.connection_name(), node = %node_name, queue = %w.cfg.queues.jobs, shards = w.cfg.queues.shards, "connected to the broker");
     Ok((conn, Arc::new(Session::new(publisher)), index))
 }
 
