@@ -6,88 +6,13 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use apns_mock::{Faults, MockConfig, RandomAnswer, TokenRule};
+use apns_mock::{Faults, MockConfig, RandomAnswer};
 use common::broker::{self, Got};
+use common::mixed::*;
 use common::process::{ChildConfig, WorkerProcess, write_config};
 use common::proxy::Proxy;
 use common::*;
 use serde_json::json;
-
-/// Job i of a mixed run: its body and the terminal state it must reach.
-fn mixed_job(i: u64) -> (String, &'static str) {
-    let (prefix, want) = match i % 20 {
-        0 => ("dead", "cleanup"),
-        1 => ("b400", "dead"),
-        2 => ("c503", "delivered"),
-        _ => ("0a", "delivered"),
-    };
-    let t = token(prefix, i);
-    (json!({"id": format!("j{i}"), "device_token": t, "topic": TOPIC, "payload": {"aps": {"alert": "hi"}}}).to_string(), want)
-}
-
-fn mixed_rules() -> Vec<TokenRule> {
-    vec![
-        rule("dead", 410, "Unregistered", None),
-        rule("b400", 400, "BadCollapseId", None),
-        rule("c503", 503, "ServiceUnavailable", Some(1)),
-    ]
-}
-
-/// Index of a job from its device token (the last 16 hex digits).
-fn index_of(token: &str) -> u64 {
-    u64::from_str_radix(&token[48..], 16).unwrap()
-}
-
-/// Every job reached exactly the terminal state it should; duplicates of delivery are
-/// returned (the number of extra 200s the mock gave for the same job).
-fn reconcile(n: u64, mock: &apns_mock::MockApns, cleanups: &[Got], dead: &[Got]) -> u64 {
-    let mut delivered = BTreeMap::<u64, u64>::new();
-    let mut seen = BTreeMap::<u64, Vec<String>>::new();
-    for r in mock.received() {
-        seen.entry(index_of(&r.device_token))
-            .or_default()
-            .push(format!("{}:{}", r.action, r.status));
-        if r.status == 200 && r.action == "answered" {
-            *delivered.entry(index_of(&r.device_token)).or_default() += 1;
-        }
-    }
-    let cleaned: BTreeSet<u64> = cleanups
-        .iter()
-        .map(|e| index_of(e.json()["device_token"].as_str().unwrap()))
-        .collect();
-    let dead_ids: BTreeSet<u64> = dead
-        .iter()
-        .map(|d| d.json()["id"].as_str().unwrap()[1..].parse().unwrap())
-        .collect();
-    let mut wrong = Vec::new();
-    for i in 0..n {
-        let (_, want) = mixed_job(i);
-        let got = (
-            delivered.contains_key(&i),
-            cleaned.contains(&i),
-            dead_ids.contains(&i),
-        );
-        let ok = match want {
-            "delivered" => got == (true, false, false),
-            "cleanup" => got == (false, true, false),
-            "dead" => got == (false, false, true),
-            _ => unreachable!(),
-        };
-        if !ok {
-            wrong.push(format!(
-                "job {i}: want {want}, got (delivered, cleanup, dead) = {got:?}; APNs saw {:?}",
-                seen.get(&i)
-            ));
-        }
-    }
-    assert!(
-        wrong.is_empty(),
-        "{} jobs in the wrong state, e.g. {:?}",
-        wrong.len(),
-        &wrong[..wrong.len().min(5)]
-    );
-    delivered.values().map(|c| c - 1).sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_input_is_dead_lettered_and_the_worker_stays_healthy() {
@@ -893,4 +818,55 @@ async fn returned_publishes_never_log_a_token_or_a_payload() {
     assert!(!logs.contains(marker), "the payload leaked");
     assert!(!logs.contains("Server returned us a message"));
     broker::delete_topology(&conn, &q, &r).await;
+}
+
+/// A stalled network (bytes held, sockets open): the worker's publishes go
+/// unconfirmed, fail after `broker.confirm_timeout_ms`, the session is restarted and
+/// the jobs go back to the queue, never acked; once the network moves again every job
+/// reaches its terminal state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unconfirmed_publish_fails_after_the_bound_and_loses_nothing() {
+    const N: u64 = 4000;
+    let m = mock(Faults {
+        rules: mixed_rules(),
+        ..Faults::default()
+    })
+    .await;
+    let q = broker::topology("confirm-bound");
+    let proxy = Proxy::start("127.0.0.1:5672").await;
+    let mut cfg = worker_config(q.clone(), vec![("shop", m.token_app(TEAM, KEY, 2))]);
+    cfg.broker.url = apns::secret::Secret::new(proxy.amqp_url());
+    cfg.broker.confirm_timeout_ms = 1000;
+    cfg.broker.reconnect_min_ms = 100;
+    cfg.broker.reconnect_max_ms = 300;
+    cfg.broker.prefetch = 200;
+    let conn = broker::connect().await;
+    let w = broker::start(cfg.clone()).await;
+    broker::publish_jobs(&conn, &q.jobs, (0..N).map(|i| mixed_job(i).0).collect()).await;
+    w.wait_until("some settled", Duration::from_secs(60), |s| {
+        s.terminal() > 500
+    })
+    .await;
+    proxy.stall();
+    w.wait_until(
+        "a publish failed for want of a confirm",
+        Duration::from_secs(30),
+        |s| s.publish_failures > 0,
+    )
+    .await;
+    assert!(!w.worker.ready(), "not ready while the session is down");
+    proxy.unstall();
+    w.wait_drained(&conn, &q, &cfg.retry, Duration::from_secs(120))
+        .await;
+    let s = w.stop().await;
+    assert!(s.broker_sessions >= 2, "the session was restarted: {s:?}");
+    assert!(
+        s.uncertain_publishes >= s.publish_failures,
+        "an unconfirmed publish is uncertain, never an ack: {s:?}"
+    );
+    let cleanups = broker::drain_queue(&conn, &q.cleanup_queue).await;
+    let dead = broker::drain_queue(&conn, &q.dead_letter_queue).await;
+    let dups = reconcile(N, &m.mock, &cleanups, &dead);
+    assert!(dups <= s.unknown_outcomes, "{dups} duplicates: {s:?}");
+    broker::delete_topology(&conn, &q, &cfg.retry).await;
 }

@@ -1,6 +1,7 @@
 //! RabbitMQ, the only part of the worker that speaks AMQP (with `worker::acker`, which
 //! sends the acks): connecting, the topology, consuming, and confirmed publishing.
 
+mod blocked;
 mod consumer;
 mod publisher;
 mod topology;
@@ -12,6 +13,7 @@ use lapin::{Connection, ConnectionProperties};
 
 use crate::config::{BrokerSettings, ConfigError};
 
+pub use blocked::Blocked;
 pub use consumer::{Consumer, Incoming};
 pub use publisher::{PublishError, Publisher, event_props, job_props};
 pub use topology::{

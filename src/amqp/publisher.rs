@@ -1,11 +1,16 @@
-//! Confirmed publishing: a channel in confirm mode, `mandatory` publishes, and what a
-//! refusal means for the session.
+//! Confirmed publishing: a channel in confirm mode, `mandatory` publishes bounded in
+//! time (not counting time the broker blocks the connection), and what a refusal means
+//! for the session.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::ShortString;
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
 use super::AmqpError;
+use super::blocked::{Blocked, bound_left};
 
 /// Why a confirmed publish failed.
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +25,10 @@ pub enum PublishError {
     Nacked,
     #[error("publishing failed on the channel: {0}")]
     Channel(lapin::Error),
+    #[error(
+        "the broker did not confirm the publish within {0:?} (time blocked by a resource alarm not counted)"
+    )]
+    ConfirmTimeout(Duration),
 }
 
 impl PublishError {
@@ -34,24 +43,67 @@ impl PublishError {
 #[derive(Clone)]
 pub struct Publisher {
     ch: Channel,
+    /// A publish not confirmed within this (unblocked) time has failed.
+    confirm_timeout: Duration,
+    /// The connection's blocked periods, told by the session loop.
+    blocked: Arc<Blocked>,
 }
 
 impl Publisher {
-    pub async fn open(conn: &Connection) -> Result<Publisher, AmqpError> {
+    pub async fn open(
+        conn: &Connection,
+        confirm_timeout: Duration,
+        blocked: Arc<Blocked>,
+    ) -> Result<Publisher, AmqpError> {
         let ch = conn.create_channel().await.map_err(AmqpError::Channel)?;
         ch.confirm_select(ConfirmSelectOptions::default())
             .await
             .map_err(AmqpError::Channel)?;
-        Ok(Publisher { ch })
+        Ok(Publisher {
+            ch,
+            confirm_timeout,
+            blocked,
+        })
     }
 
     pub fn channel(&self) -> &Channel {
         &self.ch
     }
 
+    /// The connection's blocked periods (the session loop tells them).
+    pub fn blocked(&self) -> &Blocked {
+        &self.blocked
+    }
+
+    /// Publish and wait for the confirm within `confirm_timeout` of unblocked time.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        props: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let started = Instant::now();
+        let blocked_before = self.blocked.total(started);
+        let work = self.publish_unbounded(exchange, routing_key, body, props);
+        tokio::pin!(work);
+        loop {
+            let now = Instant::now();
+            let blocked = self.blocked.total(now).saturating_sub(blocked_before);
+            let Some(left) = bound_left(now - started, blocked, self.confirm_timeout) else {
+                return Err(PublishError::ConfirmTimeout(self.confirm_timeout));
+            };
+            tokio::select! {
+                r = &mut work => return r,
+                // Woken at the bound; time spent blocked meanwhile moves it on.
+                _ = tokio::time::sleep(left) => {}
+            }
+        }
+    }
+
     /// Publish with `mandatory` and wait for the broker's confirm. Ok only if the
     /// broker acknowledged it and routed it to at least one queue.
-    pub async fn publish(
+    async fn publish_unbounded(
         &self,
         exchange: &str,
         routing_key: &str,

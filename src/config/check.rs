@@ -33,6 +33,11 @@ impl Config {
                 "broker.reconnect_min_ms must be above 0 and at most broker.reconnect_max_ms",
             ));
         }
+        if b.confirm_timeout_ms < 100 {
+            return Err(invalid(
+                "broker.confirm_timeout_ms must be at least 100: a quorum queue confirms only after a majority of its nodes wrote the message",
+            ));
+        }
         if b.url_file.is_none() {
             b.effective_url()?;
         }

@@ -74,6 +74,11 @@ pub struct BrokerSettings {
     /// Reconnect backoff (exponential with jitter) between these bounds.
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
+    /// A publish of the worker's own (retry copy, dead letter, event, receipt) that the
+    /// broker has not confirmed within this time fails: the session is restarted and
+    /// the delivery goes back to the queue, never acked. Time during which the broker
+    /// blocks the connection (a resource alarm) does not count.
+    pub confirm_timeout_ms: u64,
     /// TLS for `amqps://` URLs: a private CA, a client certificate.
     pub tls: BrokerTls,
 }
@@ -170,6 +175,7 @@ impl Default for BrokerSettings {
             prefetch: 2000,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
+            confirm_timeout_ms: 30_000,
             tls: BrokerTls::default(),
         }
     }

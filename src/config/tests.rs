@@ -101,6 +101,10 @@ fn mistakes_are_reported_with_what_to_fix() {
         ("[apns]\nreconnect_min_ms = 0", "tight reconnect"),
         ("[broker]\nurl = \"http://x\"", "amqp://"),
         ("[broker]\nheartbeat_secs = 0", "heartbeat"),
+        (
+            "[broker]\nconfirm_timeout_ms = 0",
+            "confirm_timeout_ms must be at least 100",
+        ),
         ("[retry]\nmax_attempts = 0", "max_attempts"),
         ("[queues]\njobs_type = \"stream\"", "unknown variant"),
         ("[queues]\nshards = 0", "queues.shards must be 1 to 64"),

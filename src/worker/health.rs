@@ -22,6 +22,8 @@ pub struct Health {
     /// The broker node of the current (or last) session: host and port (empty before
     /// the first session).
     pub broker_node: std::sync::Mutex<(String, u16)>,
+    /// The broker blocks the current connection (a resource alarm): its reason.
+    pub broker_blocked: std::sync::Mutex<Option<String>>,
 }
 
 impl Health {
@@ -31,6 +33,20 @@ impl Health {
             .lock()
             .map(|n| n.clone())
             .unwrap_or_default()
+    }
+
+    /// The broker's reason while it blocks the current connection.
+    pub fn broker_blocked(&self) -> Option<String> {
+        self.broker_blocked
+            .lock()
+            .map(|b| b.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn set_broker_blocked(&self, reason: Option<String>) {
+        if let Ok(mut b) = self.broker_blocked.lock() {
+            *b = reason;
+        }
     }
 
     pub fn set_broker_node(&self, host: String, port: u16) {
@@ -201,6 +217,11 @@ pub fn snapshot(
                     .into_iter()
                     .collect()
             },
+        ),
+        gauge(
+            "apns_worker_broker_blocked",
+            "1 while the broker blocks this replica's connection (a memory or disk alarm): no new deliveries, settlements wait",
+            one(h.broker_blocked().is_some()),
         ),
         gauge(
             "apns_worker_consuming",

@@ -200,8 +200,12 @@ impl Observer {
             Err(e) => {
                 Stats::inc(&st.publish_failures);
                 Stats::inc(&st.requeued);
-                if matches!(e, PublishError::Channel(_)) {
-                    // The broker may have taken it before the channel died.
+                if matches!(
+                    e,
+                    PublishError::Channel(_) | PublishError::ConfirmTimeout(_)
+                ) {
+                    // The broker may have taken it before the channel died, or may
+                    // still confirm it after the bound.
                     Stats::inc(&st.uncertain_publishes);
                 }
                 ("requeued", "PublishFailed")

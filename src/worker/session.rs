@@ -74,6 +74,8 @@ pub async fn serve(worker: Arc<Worker>, shutdown: impl Future<Output = ()>) -> S
         }
         let end = consume(&worker, &conn, session.clone(), &mut shutdown).await;
         worker.health.consuming.store(false, Ordering::Relaxed);
+        // A new connection is not blocked until the broker says so.
+        worker.health.set_broker_blocked(None);
         worker
             .health
             .broker_connected
@@ -131,7 +133,12 @@ async fn open_session(
         amqp::connect_from(&w.cfg.broker, first_node).await?;
     let node_name = format!("{}:{}", node.0, node.1);
     w.health.set_broker_node(node.0, node.1);
-    let publisher = Publisher::open(&conn).await?;
+    let publisher = Publisher::open(
+        &conn,
+        Duration::from_millis(w.cfg.broker.confirm_timeout_ms),
+        Default::default(),
+    )
+    .await?;
     if w.cfg.queues.declare {
         amqp::declare_topology(publisher.channel(), &w.cfg.queues, &w.cfg.retry).await?;
     }
@@ -175,6 +182,10 @@ async fn consume(
     // consumer's stream ends), so the deliveries it held stop going out at once.
     let mut events = conn.events_listener();
     let mut tasks = JoinSet::new();
+    // The broker blocks the connection (a resource alarm): no new deliveries until it
+    // lifts; confirms wait without counting the time (lapin writes nothing meanwhile,
+    // acks included).
+    let mut blocked = false;
     loop {
         tokio::select! {
             biased;
@@ -189,10 +200,16 @@ async fn consume(
                     return End::Lost(tasks);
                 }
                 lapin::Event::ConnectionBlocked(reason) => {
-                    tracing::warn!(%reason, "the broker blocks this connection's publishes (a resource alarm)");
+                    session.publisher.blocked().block(reason.clone(), Instant::now());
+                    w.health.set_broker_blocked(Some(reason.clone()));
+                    blocked = true;
+                    tracing::warn!(%reason, in_flight = tasks.len(), "the broker blocks this connection (a resource alarm): no new deliveries until it lifts; settlements wait for it");
                 }
                 lapin::Event::ConnectionUnblocked => {
-                    tracing::info!("the broker unblocked this connection");
+                    let lasted = session.publisher.blocked().unblock(Instant::now());
+                    w.health.set_broker_blocked(None);
+                    blocked = false;
+                    tracing::info!(blocked_ms = lasted.map(|d| d.as_millis() as u64), "the broker unblocked this connection; taking deliveries again");
                 }
                 _ => {}
             },
@@ -203,7 +220,7 @@ async fn consume(
                     }
                 }
             }
-            next = consumer.next() => match next {
+            next = consumer.next(), if !blocked => match next {
                 Some(Ok(mut inc)) => {
                     inc.urgent = plan.urgent == Some(inc.source);
                     w.observer.received();

@@ -159,22 +159,28 @@ impl Status for Worker {
     fn readiness(&self) -> Readiness {
         let connected = self.health.broker_connected.load(Ordering::Relaxed);
         let consuming = self.health.consuming.load(Ordering::Relaxed);
+        let blocked = self.health.broker_blocked();
+        let mut facts = vec![
+            ("broker_connected", connected.to_string()),
+            ("broker_node", {
+                // The node of the current (or last) session; none before the first.
+                let (host, port) = self.health.broker_node();
+                if host.is_empty() {
+                    "none".to_string()
+                } else {
+                    format!("{host}:{port}")
+                }
+            }),
+            ("broker_blocked", blocked.is_some().to_string()),
+            ("consuming", consuming.to_string()),
+            ("apps_paused", self.circuits.paused().join(",")),
+        ];
+        if let Some(reason) = &blocked {
+            facts.insert(3, ("broker_blocked_reason", reason.clone()));
+        }
         Readiness {
-            ready: connected && consuming && self.circuits.any_sending(),
-            facts: vec![
-                ("broker_connected", connected.to_string()),
-                ("broker_node", {
-                    // The node of the current (or last) session; none before the first.
-                    let (host, port) = self.health.broker_node();
-                    if host.is_empty() {
-                        "none".to_string()
-                    } else {
-                        format!("{host}:{port}")
-                    }
-                }),
-                ("consuming", consuming.to_string()),
-                ("apps_paused", self.circuits.paused().join(",")),
-            ],
+            ready: connected && blocked.is_none() && consuming && self.circuits.any_sending(),
+            facts,
         }
     }
 

@@ -127,6 +127,8 @@ pub fn worker_config(
     }
     cfg
 }
+pub mod cluster;
+pub mod mixed;
 pub mod process;
 pub mod proxy;
 pub mod tools;

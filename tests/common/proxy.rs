@@ -1,6 +1,6 @@
-//! A TCP proxy in front of RabbitMQ that a test can cut and restore: a network
-//! failure between one worker and the broker, without touching the broker (other tests
-//! share it).
+//! A TCP proxy in front of RabbitMQ that a test can cut and restore, or stall (bytes
+//! held, sockets kept open): a network failure between one worker and the broker,
+//! without touching the broker (other tests share it).
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -13,6 +13,7 @@ use tokio::task::AbortHandle;
 pub struct Proxy {
     pub addr: SocketAddr,
     cut: Arc<AtomicBool>,
+    stalled: Arc<AtomicBool>,
     conns: Arc<Mutex<Vec<AbortHandle>>>,
     accept: AbortHandle,
 }
@@ -22,11 +23,13 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let cut = Arc::new(AtomicBool::new(false));
+        let stalled = Arc::new(AtomicBool::new(false));
         let conns: Arc<Mutex<Vec<AbortHandle>>> = Arc::default();
         let (c2, k2, target) = (cut.clone(), conns.clone(), target.to_string());
+        let s2 = stalled.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((mut inbound, _)) = listener.accept().await else {
+                let Ok((inbound, _)) = listener.accept().await else {
                     continue;
                 };
                 if c2.load(Ordering::SeqCst) {
@@ -34,9 +37,15 @@ impl Proxy {
                     continue;
                 }
                 let target = target.clone();
+                let stalled = s2.clone();
                 let h = tokio::spawn(async move {
-                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    if let Ok(outbound) = TcpStream::connect(&target).await {
+                        let (ri, wi) = inbound.into_split();
+                        let (ro, wo) = outbound.into_split();
+                        tokio::select! {
+                            _ = pump(ri, wo, stalled.clone()) => {}
+                            _ = pump(ro, wi, stalled) => {}
+                        }
                     }
                 });
                 k2.lock().unwrap().push(h.abort_handle());
@@ -46,6 +55,7 @@ impl Proxy {
         Proxy {
             addr,
             cut,
+            stalled,
             conns,
             accept,
         }
@@ -71,6 +81,38 @@ impl Proxy {
 
     pub fn restore(&self) {
         self.cut.store(false, Ordering::SeqCst);
+    }
+
+    /// Hold every byte in both directions, keeping the sockets open (a stalled
+    /// network: nothing fails, nothing arrives), until `unstall`.
+    pub fn stall(&self) {
+        self.stalled.store(true, Ordering::SeqCst);
+    }
+
+    pub fn unstall(&self) {
+        self.stalled.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Copy one direction, holding the bytes while `stalled`.
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    stalled: Arc<AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        while stalled.load(Ordering::SeqCst) {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
     }
 }
 
