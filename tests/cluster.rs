@@ -112,6 +112,14 @@ async fn finish(phase: &str, cluster: &Cluster, w: Running, run: Run<'_>) -> u64
     }
     let took = started.elapsed();
     let s = w.stop().await;
+    let (wrong, _) = states(n, &m.mock, &cleanups, &dead);
+    if !wrong.is_empty() {
+        eprintln!(
+            "{phase}: {} dead letters and {} cleanups read; the worker's summary: {s:?}",
+            dead.len(),
+            cleanups.len()
+        );
+    }
     let dups = reconcile(n, &m.mock, &cleanups, &dead);
     // Jobs the producer published twice may be delivered twice; every other duplicate
     // must be a send whose answer was lost (an unknown outcome).
@@ -128,9 +136,15 @@ async fn finish(phase: &str, cluster: &Cluster, w: Running, run: Run<'_>) -> u64
             by_producer += c - 1;
         }
     }
+    // Every other duplicate is a send whose answer was lost (an unknown outcome), or a
+    // job whose ack was lost with a session (a node gone): at most the unacked window
+    // of each lost session. (The worker settles the redeliveries it recognises from
+    // memory; see the closing note of #14 for the few it did not.)
+    let lost_sessions = s.broker_sessions.saturating_sub(1);
+    let lost_acks = u64::from(cfg.broker.prefetch) * lost_sessions;
     assert!(
-        dups - by_producer <= s.unknown_outcomes,
-        "{phase}: {} duplicate deliveries not explained by unknown outcomes ({by_producer} more from jobs the producer published twice): {s:?}",
+        dups - by_producer <= s.unknown_outcomes + lost_acks,
+        "{phase}: {} duplicate deliveries not explained by unknown outcomes or acks lost with {lost_sessions} sessions ({by_producer} more from jobs the producer published twice): {s:?}",
         dups - by_producer
     );
     eprintln!(
@@ -405,7 +419,16 @@ async fn three_node_cluster_leader_kill_rolling_restart_and_alarm() {
     let t = Instant::now();
     let mut cluster = blocking(|| Cluster::start(3));
     eprintln!("cluster of 3 started in {:.1} s", t.elapsed().as_secs_f64());
-    leader_killed_mid_drain(&mut cluster, n).await;
-    rolling_restart_mid_drain(&mut cluster).await;
-    memory_alarm_mid_drain(&mut cluster, n / 2).await;
+    // APNS_WORKER_CLUSTER_PHASES=kill,roll,alarm (default: all) runs some of them.
+    let phases = std::env::var("APNS_WORKER_CLUSTER_PHASES").unwrap_or_default();
+    let run = |p: &str| phases.is_empty() || phases.split(',').any(|x| x == p);
+    if run("kill") {
+        leader_killed_mid_drain(&mut cluster, n).await;
+    }
+    if run("roll") {
+        rolling_restart_mid_drain(&mut cluster).await;
+    }
+    if run("alarm") {
+        memory_alarm_mid_drain(&mut cluster, n / 2).await;
+    }
 }

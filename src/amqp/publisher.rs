@@ -31,11 +31,15 @@ pub enum PublishError {
     ConfirmTimeout(Duration),
 }
 
+/// Every kind of failure, once retries are spent, ends the session (new connection
+/// and channels, topology declared again): a channel that keeps getting nacks may be
+/// stuck on a quorum queue leader that is gone (RabbitMQ 3.10 nacks every publish of a
+/// channel opened while the queue had no leader, until that node returns; a fresh
+/// channel finds the new leader).
 impl PublishError {
-    /// Does this failure mean the channel or the topology is broken (reconnect and
-    /// redeclare), rather than a one-off refusal?
-    pub fn breaks_session(&self) -> bool {
-        !matches!(self, PublishError::Nacked)
+    /// A refusal (nack) that may pass when tried again at once on the same channel.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, PublishError::Nacked)
     }
 }
 

@@ -136,10 +136,9 @@ pub async fn carry_out(
     }
     match &result {
         Ok(()) => guard.ack(),
-        Err(e) => {
-            if e.breaks_session() {
-                s.lost.notify_one();
-            }
+        Err(_) => {
+            // Any failure ends the session (see `PublishError`): new channels.
+            s.lost.notify_one();
             guard.requeue();
         }
     }
@@ -349,10 +348,9 @@ pub async fn carry_out_fanout(
     }
     match &result {
         Ok(()) => guard.ack(),
-        Err(e) => {
-            if e.breaks_session() {
-                s.lost.notify_one();
-            }
+        Err(_) => {
+            // Any failure ends the session (see `PublishError`): new channels.
+            s.lost.notify_one();
             guard.requeue();
         }
     }
@@ -414,8 +412,8 @@ async fn publish_retrying(
             .await
         {
             Ok(()) => return Ok(()),
-            Err(e) if e.breaks_session() => return Err(e),
-            Err(e) => last = Some(e),
+            Err(e) if e.is_refusal() => last = Some(e),
+            Err(e) => return Err(e),
         }
     }
     Err(last.expect("three attempts"))

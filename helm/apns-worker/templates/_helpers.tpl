@@ -81,6 +81,7 @@ connection_name = {{ . | toJson }}
 {{- end }}
 reconnect_min_ms = {{ .Values.broker.reconnectMinMs | int64 }}
 reconnect_max_ms = {{ .Values.broker.reconnectMaxMs | int64 }}
+confirm_timeout_ms = {{ .Values.broker.confirmTimeoutMs | int64 }}
 {{- with .Values.broker.tls }}
 {{- if .secretName }}
 [broker.tls]
