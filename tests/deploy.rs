@@ -764,3 +764,76 @@ fn the_compose_file_builds_stages_that_exist() {
     }
     assert!(built >= 2, "the worker's and the mock's images are built");
 }
+
+/// The chart's Grafana dashboard and PrometheusRule render, and pass `promtool check
+/// rules`: the alert rules as they are, the dashboard's queries as recording rules
+/// (Grafana's variables filled in). That every series they name exists is checked
+/// against a real run in tests/cluster.rs.
+#[test]
+fn the_dashboard_and_alert_rules_render_and_pass_promtool() {
+    use common::monitoring;
+    let m = monitoring::render();
+    let alerts: Vec<&str> = m.rules["groups"][0]["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            "ApnsWorkerAppPaused",
+            "ApnsWorkerDeadLetters",
+            "ApnsWorkerUnknownOutcomes",
+            "ApnsWorkerNotReady",
+            "ApnsWorkerBrokerBlocked",
+            "ApnsWorkerQueueGrowingAtMaxReplicas"
+        ]
+    );
+    for want in [
+        "Throughput by outcome",
+        "APNs send latency",
+        "APNs streams in flight vs limit",
+        "Dead letters by reason",
+        "Broker connection",
+        "Jobs queue depth (RabbitMQ)",
+    ] {
+        assert!(m.panel_titles.iter().any(|t| t == want), "panel {want}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("alerts.json");
+    std::fs::write(&rules, serde_json::to_vec(&m.rules).unwrap()).unwrap();
+    let dashboard = serde_json::json!({"groups": [{
+        "name": "dashboard",
+        "rules": m.dashboard_exprs.iter().enumerate().map(|(i, e)| serde_json::json!({
+            "record": format!("dashboard:panel_query_{i}"),
+            "expr": e,
+        })).collect::<Vec<_>>(),
+    }]});
+    let queries = dir.path().join("dashboard.json");
+    std::fs::write(&queries, serde_json::to_vec(&dashboard).unwrap()).unwrap();
+    let out = tools::run_ok(
+        Command::new(tools::promtool())
+            .args(["check", "rules"])
+            .arg(&rules)
+            .arg(&queries),
+    );
+    assert!(
+        out.contains(&format!("SUCCESS: {} rules found", alerts.len()))
+            && out.contains(&format!("SUCCESS: {} rules found", m.dashboard_exprs.len())),
+        "{out}"
+    );
+    // Broken PromQL is refused: the check can fail.
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"groups":[{"name":"x","rules":[{"alert":"X","expr":"sum(rate(apns_worker_jobs_total[5m]"}]}]}"#,
+    )
+    .unwrap();
+    let out = tools::run(
+        Command::new(tools::promtool())
+            .args(["check", "rules"])
+            .arg(&bad),
+    );
+    assert!(!out.status.success());
+}

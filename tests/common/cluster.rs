@@ -84,7 +84,7 @@ impl Cluster {
             std::fs::write(
                 node.dir.join("rabbitmq.conf"),
                 format!(
-                    "listeners.tcp.1 = 127.0.0.1:{}\nprometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {}\n",
+                    "listeners.tcp.1 = 127.0.0.1:{}\nprometheus.tcp.ip = 127.0.0.1\nprometheus.tcp.port = {}\nprometheus.return_per_object_metrics = true\n",
                     node.amqp_port, node.prometheus_port
                 ),
             )

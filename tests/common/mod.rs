@@ -129,6 +129,7 @@ pub fn worker_config(
 }
 pub mod cluster;
 pub mod mixed;
+pub mod monitoring;
 pub mod process;
 pub mod proxy;
 pub mod tools;

@@ -23,6 +23,10 @@ pub fn helm() -> PathBuf {
     tool("helm")
 }
 
+pub fn promtool() -> PathBuf {
+    tool("promtool")
+}
+
 pub fn python() -> PathBuf {
     tool("venv/bin/python")
 }
