@@ -463,7 +463,7 @@ async fn three_node_cluster_rolling_restart_and_alarm() {
 }
 
 /// Ignored because it fails on the RabbitMQ this suite runs on (3.10.8): in about half
-/// the runs, 4-11 of 100,000 jobs are lost after the SIGKILL: dead letters or retry
+/// the runs, 5-11 of 100,000 jobs are lost after the SIGKILL: dead letters or retry
 /// copies the broker had confirmed (or dead-lettered itself, delay queue to ready
 /// queue) never arrive. Not explained yet; docs/reliability.md and the closing note of
 /// #14 give the figures. Run: `cargo test --release --test cluster -- --ignored
