@@ -15,34 +15,27 @@ pub struct Blocked {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Blocked now: since when, and the broker's reason.
-    since: Option<(Instant, String)>,
+    /// Blocked now: since when.
+    since: Option<Instant>,
     /// Blocked time of the periods that have ended.
     past: Duration,
 }
 
 impl Blocked {
-    /// The broker blocked the connection at `now` with `reason` ("low on memory").
-    pub fn block(&self, reason: String, now: Instant) {
+    /// The broker blocked the connection at `now` (its reason is kept in the worker's
+    /// health, which outlives the connection).
+    pub fn block(&self, now: Instant) {
         let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        if i.since.is_none() {
-            i.since = Some((now, reason));
-        }
+        i.since.get_or_insert(now);
     }
 
     /// The broker unblocked the connection at `now`; how long it was blocked.
     pub fn unblock(&self, now: Instant) -> Option<Duration> {
         let mut i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        let (since, _) = i.since.take()?;
+        let since = i.since.take()?;
         let d = now.saturating_duration_since(since);
         i.past += d;
         Some(d)
-    }
-
-    /// The broker's reason while blocked.
-    pub fn reason(&self) -> Option<String> {
-        let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        i.since.as_ref().map(|(_, r)| r.clone())
     }
 
     /// All the time the connection has been blocked, up to `now`.
@@ -50,8 +43,7 @@ impl Blocked {
         let i = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         i.past
             + i.since
-                .as_ref()
-                .map(|(s, _)| now.saturating_duration_since(*s))
+                .map(|s| now.saturating_duration_since(s))
                 .unwrap_or_default()
     }
 }
@@ -97,17 +89,14 @@ mod tests {
         let t0 = Instant::now();
         let b = Blocked::default();
         assert_eq!(b.total(t0 + MS(100)), MS(0));
-        assert_eq!(b.reason(), None);
-        b.block("low on memory".into(), t0 + MS(100));
+        b.block(t0 + MS(100));
         // A second notification while blocked keeps the first start.
-        b.block("low on disk".into(), t0 + MS(200));
-        assert_eq!(b.reason().as_deref(), Some("low on memory"));
+        b.block(t0 + MS(200));
         assert_eq!(b.total(t0 + MS(350)), MS(250));
         assert_eq!(b.unblock(t0 + MS(600)), Some(MS(500)));
         assert_eq!(b.unblock(t0 + MS(700)), None, "not blocked any more");
         assert_eq!(b.total(t0 + MS(5000)), MS(500));
-        b.block("low on disk".into(), t0 + MS(6000));
+        b.block(t0 + MS(6000));
         assert_eq!(b.total(t0 + MS(6100)), MS(600));
-        assert_eq!(b.reason().as_deref(), Some("low on disk"));
     }
 }

@@ -200,7 +200,7 @@ async fn consume(
                     return End::Lost(tasks);
                 }
                 lapin::Event::ConnectionBlocked(reason) => {
-                    session.publisher.blocked().block(reason.clone(), Instant::now());
+                    session.publisher.blocked().block(Instant::now());
                     w.health.set_broker_blocked(Some(reason.clone()));
                     blocked = true;
                     tracing::warn!(%reason, in_flight = tasks.len(), "the broker blocks this connection (a resource alarm): no new deliveries until it lifts; settlements wait for it");
